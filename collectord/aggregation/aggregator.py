@@ -1,0 +1,393 @@
+"""The aggregation stage: applies batches from the ring to series windows and rolls them up.
+
+Levels: 0 = slices of one flush interval, 1 = 1m, 2 = 5m, 3 = 1h, 4 = 1d. A sample touches
+exactly one cell, the open slice of its series (the hot path). When a period closes, its cells
+are merged into the next level ("rolled up"); slices are then dropped, coarser cells kept for
+their retention. Every sample therefore sits in exactly one "frontier" cell: the finest cell
+holding it that has not yet been rolled up. A read of a period merges its own cell with the
+frontier cells inside it, so open windows are exact to the last sample and closed windows cost
+one lookup. Percentiles only ever come from merged sketches.
+
+Each metric name also has a name-level aggregate (all its series merged), fed at roll-up time,
+so "one metric over 1,000 series for a day" reads one cell per period instead of 1,000.
+
+Time: an untimestamped sample belongs to its batch's receive time, not to the moment it is
+applied, so replaying a write-ahead log puts every sample back in the same window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from collectord.aggregation.cells import Cell
+from collectord.aggregation.series import LEVEL_COUNT, Series, SeriesTable
+from collectord.aggregation.windows import VALID_FLUSH_INTERVALS, align
+from collectord.limits import Limits
+from collectord.model import (
+    KIND_COUNTER,
+    KIND_GAUGE,
+    KIND_GAUGE_DELTA,
+    KIND_SET,
+    Sample,
+    Tags,
+)
+from collectord.ring import Batch
+
+LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
+# A sample may be stamped this far in the future (clock skew between hosts).
+FUTURE_TOLERANCE = 60.0
+
+
+@dataclass
+class AggregationSettings:
+    """What the aggregation stage needs from the config (seconds throughout)."""
+
+    flush_interval: int = 10
+    late_allowance: float = 300.0
+    series_idle_expiry: float = 86400.0
+    retention: tuple[float, float, float, float] = (6 * 3600.0, 2 * 86400.0, 14 * 86400.0, 90 * 86400.0)
+    emit_idle_gauges: bool = True
+
+
+class FlushRecord(NamedTuple):
+    """One series' content for one flush interval: the StatsD flush view that sinks write."""
+
+    series: Series
+    period_start: int
+    cell: Cell
+
+
+@dataclass
+class AggregationCounters:
+    samples: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Owns every series and window; single-threaded, driven by the daemon's loop."""
+
+    def __init__(self, limits: Limits, settings: AggregationSettings, now: float) -> None:
+        if settings.flush_interval not in VALID_FLUSH_INTERVALS:
+            raise ValueError(
+                f"aggregate.flush_interval must divide a minute: one of {VALID_FLUSH_INTERVALS} s"
+            )
+        self.settings = settings
+        self.table = SeriesTable(limits)
+        self.level_seconds = (settings.flush_interval, 60, 300, 3600, 86400)
+        # rolled_until[k]: every level-k period starting before it has been merged upwards.
+        self.rolled_until = [align(now, length) for length in self.level_seconds]
+        self.now = now
+        self._pending: list[set[Series]] = [set() for _ in range(LEVEL_COUNT)]
+        self.name_totals: dict[tuple[str, str], Series] = {}
+        self.counters = AggregationCounters()
+        self._last_housekeeping = now
+
+    # ------------------------------------------------------------------ ingest
+
+    def apply(self, batch: Batch) -> None:
+        """Apply one batch: the hot path. Untimestamped samples of known series go straight
+        into the series' open slice; everything else takes `_apply_one`."""
+        received = batch.received_at
+        if received > self.now:
+            self.now = received
+        slice_len = self.level_seconds[0]
+        slice_start = int(received // slice_len) * slice_len
+        if slice_start < self.rolled_until[0]:
+            slice_start = -2  # that slice is already closed: every sample takes the slow path
+        table = self.table.tenant_table(batch.tenant)
+        tenant = batch.tenant
+        applied = 0
+        for sample in batch.samples:
+            key, kind, value, weight, ts = sample
+            series = table.get(key)
+            if series is None or ts is not None or series.slice_start != slice_start:
+                applied += self._apply_one(tenant, table, sample, received)
+                continue
+            cell = series.slice_cell
+            assert cell is not None
+            if kind == series.kind:
+                if kind == KIND_SET:
+                    cell.add_member(value)  # type: ignore[arg-type]
+                else:
+                    fvalue: float = value  # type: ignore[assignment]
+                    cell.count += weight
+                    cell.sum += fvalue * weight
+                    if fvalue < cell.min:
+                        cell.min = fvalue
+                    if fvalue > cell.max:
+                        cell.max = fvalue
+                    cell.last = fvalue
+                    if cell.sketch is not None:
+                        cell.sketch.add(fvalue, weight)
+                    series.total += fvalue * weight
+                    series.last_value = fvalue
+            elif kind == KIND_GAUGE_DELTA and series.kind == KIND_GAUGE:
+                fvalue = series.last_value + value  # type: ignore[operator]
+                cell.count += 1.0
+                cell.sum += fvalue
+                if fvalue < cell.min:
+                    cell.min = fvalue
+                if fvalue > cell.max:
+                    cell.max = fvalue
+                cell.last = fvalue
+                series.last_value = fvalue
+            else:
+                self._reject("type_mismatch")
+                continue
+            series.last_seen = received
+            series.last_timestamp = received
+            applied += 1
+        self.counters.samples += applied
+
+    def _apply_one(
+        self, tenant: str, table: dict[tuple[str, Tags], Series], sample: Sample, received: float
+    ) -> int:
+        key, kind, value, weight, ts = sample
+        when = received if ts is None else ts
+        if when < received - self.settings.late_allowance:
+            self._reject("late")
+            return 0
+        if when > received + FUTURE_TOLERANCE:
+            self._reject("future_timestamp")
+            return 0
+        series = table.get(key)
+        base_kind = KIND_GAUGE if kind == KIND_GAUGE_DELTA else kind
+        if series is None:
+            admitted = self.table.admit(tenant, key, base_kind, received)
+            if isinstance(admitted, str):
+                self._reject(admitted)
+                return 0
+            series = admitted
+        elif series.kind != base_kind:
+            self._reject("type_mismatch")
+            return 0
+        if kind == KIND_GAUGE_DELTA:
+            value = series.last_value + value  # type: ignore[operator]
+            weight = 1.0
+        for cell in self._frontier_cells(series, when):
+            if kind == KIND_SET:
+                cell.add_member(value)  # type: ignore[arg-type]
+            else:
+                cell.observe(value, weight)  # type: ignore[arg-type]
+        if kind != KIND_SET:
+            fvalue: float = value  # type: ignore[assignment]
+            if kind == KIND_COUNTER:
+                series.total += fvalue * weight
+            if when >= series.last_timestamp or math.isnan(series.last_value):
+                series.last_value = fvalue
+        series.last_seen = max(series.last_seen, received)
+        series.last_timestamp = max(series.last_timestamp, when)
+        return 1
+
+    def _frontier_cells(self, series: Series, when: float) -> list[Cell]:
+        """The cells a sample at `when` must be added to so every level sees it exactly once:
+        the open slice if its period is not rolled yet; otherwise the 1m cell, plus each
+        coarser cell whose finer period has already been rolled into it."""
+        slice_len = self.level_seconds[0]
+        slice_start = int(when // slice_len) * slice_len
+        if slice_start >= self.rolled_until[0]:
+            return [self._slice_cell(series, slice_start)]
+        cells = []
+        targets = [series, self._totals_for(series)]
+        for level in range(1, LEVEL_COUNT):
+            start = align(when, self.level_seconds[level])
+            for target in targets:
+                cells.append(self._cell(target, level, start))
+            if level + 1 >= LEVEL_COUNT or start >= self.rolled_until[level]:
+                break
+        return cells
+
+    def _slice_cell(self, series: Series, start: int) -> Cell:
+        cell = series.levels[0].get(start)
+        if cell is None:
+            cell = series.levels[0][start] = series.new_cell()
+            self._pending[0].add(series)
+        if start >= series.slice_start:
+            series.slice_start = start
+            series.slice_cell = cell
+        return cell
+
+    def _cell(self, series: Series, level: int, start: int) -> Cell:
+        cell = series.levels[level].get(start)
+        if cell is None:
+            cell = series.levels[level][start] = series.new_cell()
+            if level + 1 < LEVEL_COUNT:
+                self._pending[level].add(series)
+        return cell
+
+    def _reject(self, reason: str) -> None:
+        rejected = self.counters.rejected
+        rejected[reason] = rejected.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, now: float) -> list[FlushRecord]:
+        """Close every period that ended by `now`: returns the flush view of the closed
+        slices, rolls them up, then rolls up coarser levels, prunes and expires."""
+        self.now = max(self.now, now)
+        view: list[FlushRecord] = []
+        for level in range(LEVEL_COUNT - 1):
+            length = self.level_seconds[level]
+            boundary = align(self.now, length)
+            old = self.rolled_until[level]
+            if boundary <= old:
+                continue
+            self._roll(level, old, boundary, view if level == 0 else None)
+            self.rolled_until[level] = boundary
+        if self.settings.emit_idle_gauges:
+            view.extend(self._idle_gauges(view))
+        if self.now - self._last_housekeeping >= 60.0:
+            self._last_housekeeping = self.now
+            self.prune()
+        return view
+
+    def _roll(self, level: int, old: int, boundary: int, view: list[FlushRecord] | None) -> None:
+        length = self.level_seconds[level]
+        upper_length = self.level_seconds[level + 1]
+        pending = self._pending[level]
+        still_pending: set[Series] = set()
+        for series in pending:
+            cells = series.levels[level]
+            starts = sorted(s for s in cells if old <= s < boundary) if level == 0 else [
+                s for s in range(old, boundary, length) if s in cells
+            ]
+            totals = self._totals_for(series) if level == 0 else None
+            for start in starts:
+                cell = cells[start]
+                upper_start = align(start, upper_length)
+                self._cell(series, level + 1, upper_start).merge(cell)
+                if totals is not None:
+                    self._cell(totals, level + 1, upper_start).merge(cell)
+                if level == 0:
+                    del cells[start]
+                    if view is not None:
+                        view.append(FlushRecord(series, start, cell))
+            if level == 0:
+                if series.slice_start < boundary:
+                    series.slice_cell = None
+                    series.slice_start = -1
+                if cells:
+                    still_pending.add(series)
+            elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
+                still_pending.add(series)
+        self._pending[level] = still_pending
+
+    def _totals_for(self, series: Series) -> Series:
+        key = (series.tenant, series.name)
+        totals = self.name_totals.get(key)
+        if totals is None or totals.kind != series.kind:
+            totals = self.name_totals[key] = Series(series.tenant, series.name, (), series.kind, self.now)
+        return totals
+
+    def _idle_gauges(self, view: list[FlushRecord]) -> list[FlushRecord]:
+        """Gauges keep their value between samples; Etsy statsd re-sends them every flush."""
+        flushed = {id(record.series) for record in view}
+        start = self.rolled_until[0] - self.level_seconds[0]
+        out = []
+        for series in self.table.all_series():
+            if series.kind == KIND_GAUGE and id(series) not in flushed:
+                cell = Cell()
+                cell.last = series.last_value
+                out.append(FlushRecord(series, start, cell))
+        return out
+
+    def prune(self) -> None:
+        """Drop windows past their retention, series idle past their expiry, and empty
+        name-level aggregates."""
+        retention = self.settings.retention
+        cutoff_idle = self.now - self.settings.series_idle_expiry
+        for series in self.table.all_series():
+            self._prune_levels(series, retention)
+            if series.last_seen < cutoff_idle:
+                self.table.remove(series)
+                for pending in self._pending:
+                    pending.discard(series)
+        for key, totals in list(self.name_totals.items()):
+            self._prune_levels(totals, retention)
+            if key not in self.table.by_name and not any(totals.levels):
+                del self.name_totals[key]
+                for pending in self._pending:
+                    pending.discard(totals)
+
+    def _prune_levels(self, series: Series, retention: tuple[float, ...]) -> None:
+        for level in range(1, LEVEL_COUNT):
+            cells = series.levels[level]
+            cutoff = self.now - retention[level - 1] - self.level_seconds[level]
+            # Cells are inserted in time order (late ones are still recent), so the stale
+            # ones are at the front.
+            stale = []
+            for start in cells:
+                if start >= cutoff:
+                    break
+                stale.append(start)
+            for start in stale:
+                del cells[start]
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, series: Series, level: int, start: int) -> list[Cell]:
+        """The cells whose merge is the series' window at `level` starting at `start`."""
+        parts = []
+        cell = series.levels[level].get(start)
+        if cell is not None:
+            parts.append(cell)
+        # Nothing can exist much past now, so never walk the future part of a long period.
+        end = min(start + self.level_seconds[level], int(self.now + 2 * FUTURE_TOLERANCE))
+        for finer in range(level - 1, -1, -1):
+            length = self.level_seconds[finer]
+            lo = max(start, self.rolled_until[finer])
+            if lo >= end:
+                continue
+            cells = series.levels[finer]
+            if not cells:
+                continue
+            for period in range(lo, end, length):
+                found = cells.get(period)
+                if found is not None:
+                    parts.append(found)
+        return parts
+
+    def read_name_totals(self, tenant: str, name: str, level: int, start: int) -> list[Cell]:
+        """A metric's window over all its series: the name-level aggregate for what has
+        been rolled up, plus the open slices of every series for what has not."""
+        parts: list[Cell] = []
+        totals = self.name_totals.get((tenant, name))
+        if totals is not None:
+            parts.extend(self.read(totals, level, start))
+        end = min(start + self.level_seconds[level], int(self.now + 2 * FUTURE_TOLERANCE))
+        lo = max(start, self.rolled_until[0])
+        if lo < end:
+            slice_len = self.level_seconds[0]
+            for series in self.table.by_name.get((tenant, name), {}).values():
+                slices = series.levels[0]
+                if not slices:
+                    continue
+                for period in range(lo, end, slice_len):
+                    found = slices.get(period)
+                    if found is not None:
+                        parts.append(found)
+        return parts
+
+    def matching_series(
+        self, tenant: str, name: str, tag_filter: Iterable[tuple[str, str]]
+    ) -> list[Series]:
+        wanted = tuple(tag_filter)
+        named = self.table.by_name.get((tenant, name))
+        if not named:
+            return []
+        if not wanted:
+            return list(named.values())
+        out = []
+        for tags, series in named.items():
+            held = dict(tags)
+            if all(held.get(k) == v for k, v in wanted):
+                out.append(series)
+        return out
+
+    def memory_bytes(self) -> int:
+        return sum(s.nbytes() for s in self.table.all_series()) + sum(
+            t.nbytes() for t in self.name_totals.values()
+        )

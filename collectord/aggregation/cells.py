@@ -1,0 +1,123 @@
+"""A Cell is what one series accumulated during one period, for every type.
+
+Every field merges exactly: counts and sums add, min and max combine, sketches merge bucket by
+bucket and sets unite. That is what lets slices roll up into minutes, minutes into hours, series
+into groups and, later, hosts into a fleet, without ever averaging a percentile.
+
+Weights: a sample with sample rate r stands for w = 1/r events, so count += w and sum += v*w
+(`x:2|c|@0.1` gives count 10 and sum 20). min and max are over the values as sent.
+"""
+
+from __future__ import annotations
+
+import math
+
+from collectord.aggregation.sketch import Sketch
+
+PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+
+class Cell:
+    """Counts, sums, extremes and, for distributions, a sketch; for sets, the members."""
+
+    __slots__ = ("count", "last", "max", "members", "min", "sketch", "sum")
+
+    def __init__(self, sketch: Sketch | None = None, members: set[str] | None = None) -> None:
+        self.count = 0.0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        # The newest value seen, for gauges (the flush view's gauge value).
+        self.last = math.nan
+        self.sketch = sketch
+        self.members = members
+
+    @classmethod
+    def for_distribution(cls) -> Cell:
+        return cls(sketch=Sketch())
+
+    @classmethod
+    def for_set(cls) -> Cell:
+        return cls(members=set())
+
+    def empty_like(self) -> Cell:
+        """A fresh cell of the same shape."""
+        if self.sketch is not None:
+            return Cell.for_distribution()
+        if self.members is not None:
+            return Cell.for_set()
+        return Cell()
+
+    def observe(self, value: float, weight: float) -> None:
+        """One numeric sample (counter increment, gauge value or distribution value)."""
+        self.count += weight
+        self.sum += value * weight
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        self.last = value
+        if self.sketch is not None:
+            self.sketch.add(value, weight)
+
+    def add_member(self, member: str) -> None:
+        assert self.members is not None
+        self.members.add(member)
+
+    def merge(self, other: Cell) -> None:
+        """Fold `other` into this cell; `other` is treated as the newer one for `last`."""
+        self.count += other.count
+        self.sum += other.sum
+        if other.min < self.min:
+            self.min = other.min
+        if other.max > self.max:
+            self.max = other.max
+        if not math.isnan(other.last):
+            self.last = other.last
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = Sketch()
+            self.sketch.merge(other.sketch)
+        if other.members is not None:
+            if self.members is None:
+                self.members = set()
+            self.members |= other.members
+
+    def copy(self) -> Cell:
+        clone = Cell(
+            sketch=self.sketch.copy() if self.sketch is not None else None,
+            members=set(self.members) if self.members is not None else None,
+        )
+        clone.count, clone.sum, clone.min, clone.max = self.count, self.sum, self.min, self.max
+        clone.last = self.last
+        return clone
+
+    @property
+    def is_empty(self) -> bool:
+        if self.members is not None:
+            return not self.members
+        return self.count == 0
+
+    def distinct(self) -> int:
+        return len(self.members) if self.members is not None else 0
+
+    def percentiles(self) -> list[float | None]:
+        """p50, p90, p95, p99 clamped to the exact extremes (the sketch's bucket midpoints
+        can stray past them by up to the relative error)."""
+        if self.sketch is None or self.count <= 0:
+            return [None] * len(PERCENTILES)
+        out: list[float | None] = []
+        for estimate in self.sketch.quantiles(PERCENTILES):
+            if estimate is not None:
+                estimate = min(max(estimate, self.min), self.max)
+            out.append(estimate)
+        return out
+
+    def nbytes(self) -> int:
+        """Memory held, for the bytes-per-series accounting."""
+        size = 96  # the object with its seven slots
+        if self.sketch is not None:
+            size += self.sketch.nbytes()
+        if self.members is not None:
+            size += 216 + sum(49 + len(m) for m in self.members)
+        return size

@@ -1,0 +1,166 @@
+"""Answering a query over the in-memory windows: pick series, merge cells, build rows.
+
+Without group_by every matching series of a metric is merged into one row per period; with it,
+one row per period per group. Merging is exact (see cells.py), so a group's p99 is the p99 of
+all its samples to within the sketch's 1%, never an average of percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from collectord.aggregation.aggregator import LEVEL_OF_GRANULARITY, Aggregator
+from collectord.aggregation.cells import Cell
+from collectord.aggregation.series import Series
+from collectord.aggregation.windows import GRANULARITY_SECONDS, align
+from collectord.model import MetricType
+
+AGGREGATIONS = ("AVG", "SUM", "MIN", "MAX", "COUNT", "P50", "P90", "P95", "P99")
+
+
+@dataclass
+class Query:
+    """A validated query (the API layer checks the seed's limits before building one)."""
+
+    tenant: str
+    metrics: list[str]
+    start: float
+    end: float
+    granularity: str
+    aggregation: str = "AVG"
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    group_by: list[str] = field(default_factory=list)
+    limit: int = 1000
+
+
+def iso(when: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as the seed's JSON dates are."""
+    moment = datetime.fromtimestamp(when, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def merge_cells(parts: Sequence[Cell]) -> Cell | None:
+    """A new cell holding the merge of `parts`; the stored cells are never modified."""
+    if not parts:
+        return None
+    merged = parts[0].empty_like()
+    for part in parts:
+        merged.merge(part)
+    return merged
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def build_row(
+    name: str,
+    metric_type: MetricType,
+    period_start: int,
+    seconds: int,
+    cell: Cell,
+    tags: dict[str, str],
+    aggregation: str,
+) -> dict[str, object]:
+    """One row of the seed's AggregatedMetric shape plus `value`, `type` and, for counters,
+    the per-second `rate`."""
+    if metric_type is MetricType.SET:
+        distinct = float(cell.distinct())
+        count = total = low = high = mean = distinct
+        pcts: list[float | None] = [None] * 4
+    else:
+        count, total = cell.count, cell.sum
+        low, high = cell.min, cell.max
+        mean = total / count if count else math.nan
+        pcts = cell.percentiles()
+    by_aggregation: dict[str, float | None] = {
+        "AVG": _finite(mean),
+        "SUM": total,
+        "MIN": _finite(low),
+        "MAX": _finite(high),
+        "COUNT": count,
+        "P50": pcts[0],
+        "P90": pcts[1],
+        "P95": pcts[2],
+        "P99": pcts[3],
+    }
+    row: dict[str, object] = {
+        "metricName": name,
+        "type": metric_type.value,
+        "periodStart": iso(period_start),
+        "periodEnd": iso(period_start + seconds),
+        "count": count,
+        "sum": total,
+        "min": _finite(low),
+        "max": _finite(high),
+        "avg": _finite(mean),
+        "p50": pcts[0],
+        "p90": pcts[1],
+        "p95": pcts[2],
+        "p99": pcts[3],
+        "tags": tags,
+        "value": by_aggregation[aggregation],
+    }
+    if metric_type is MetricType.COUNTER:
+        row["rate"] = total / seconds
+    return row
+
+
+def _group(series: list[Series], group_by: Sequence[str]) -> dict[tuple[str, ...], list[Series]]:
+    groups: dict[tuple[str, ...], list[Series]] = {}
+    for one in series:
+        held = dict(one.tags)
+        groups.setdefault(tuple(held.get(k, "") for k in group_by), []).append(one)
+    return groups
+
+
+def run_query(aggregator: Aggregator, query: Query) -> list[dict[str, object]]:
+    """Rows ordered by metric, group and period; the newest `limit` rows are kept."""
+    level = LEVEL_OF_GRANULARITY[query.granularity]
+    seconds = GRANULARITY_SECONDS[query.granularity]
+    periods = range(align(query.start, seconds), math.ceil(query.end), seconds)
+    filter_tags = dict(query.tags)
+    rows: list[dict[str, object]] = []
+    for name in dict.fromkeys(query.metrics):
+        if not query.tags and not query.group_by:
+            rows.extend(_rows_from_totals(aggregator, query, name, level, seconds, periods))
+            continue
+        matching = aggregator.matching_series(query.tenant, name, query.tags)
+        if not matching:
+            continue
+        metric_type = matching[0].type
+        for values, members in sorted(_group(matching, query.group_by).items()):
+            tags = {**filter_tags, **dict(zip(query.group_by, values, strict=True))}
+            for start in periods:
+                parts = [cell for s in members for cell in aggregator.read(s, level, start)]
+                merged = merge_cells(parts)
+                if merged is not None and not merged.is_empty:
+                    rows.append(
+                        build_row(name, metric_type, start, seconds, merged, tags, query.aggregation)
+                    )
+    rows.sort(key=lambda row: str(row["periodStart"]))
+    if len(rows) > query.limit:
+        rows = rows[-query.limit :]
+    return rows
+
+
+def _rows_from_totals(
+    aggregator: Aggregator, query: Query, name: str, level: int, seconds: int, periods: range
+) -> list[dict[str, object]]:
+    named = aggregator.table.by_name.get((query.tenant, name))
+    totals = aggregator.name_totals.get((query.tenant, name))
+    if named:
+        metric_type = next(iter(named.values())).type
+    elif totals is not None:
+        metric_type = totals.type
+    else:
+        return []
+    rows = []
+    for start in periods:
+        merged = merge_cells(aggregator.read_name_totals(query.tenant, name, level, start))
+        if merged is not None and not merged.is_empty:
+            rows.append(build_row(name, metric_type, start, seconds, merged, {}, query.aggregation))
+    return rows

@@ -1,0 +1,23 @@
+"""The HTTP side port: one aiohttp application, every route scoped by the Authenticator."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from collectord.api.auth import Authenticator
+from collectord.api.errors import error_middleware
+from collectord.api.query_api import QueryApi
+from collectord.api.stats_api import KernelDrops, StatsApi
+from collectord.pipeline import Pipeline
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Application, StatsApi]:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app["max_body"] = MAX_BODY
+    auth = Authenticator(pipeline.config)
+    stats = StatsApi(pipeline, kernel_drops)
+    app.add_routes(stats.routes())
+    app.add_routes(QueryApi(pipeline, auth).routes())
+    return app, stats

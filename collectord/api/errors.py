@@ -1,0 +1,69 @@
+"""The contract's error shape, `{"error": {"code", "message", "details"}}`, everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from collectord.api.messages import language_of, message
+
+log = logging.getLogger("collectord.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An answer with an error status; `code` keys the message catalogue."""
+
+    def __init__(self, status: int, code: str, details: object = None, **params: object) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.details = details
+        self.params = params
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(request: web.Request, error: ApiError) -> web.Response:
+    language = language_of(request.headers.get("Accept-Language"))
+    body = {
+        "error": {
+            "code": error.code,
+            "message": message(error.code, language, error.params),
+            "details": error.details,
+        }
+    }
+    response = json_response(body, status=error.status)
+    response.headers["Content-Language"] = language
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(request, error)
+    except web.HTTPNotFound:
+        return error_response(request, ApiError(404, "not_found", path=request.path))
+    except web.HTTPMethodNotAllowed:
+        return error_response(request, ApiError(405, "method_not_allowed", method=request.method))
+    except web.HTTPRequestEntityTooLarge as too_large:
+        limit = request.app.get("max_body", too_large.text)
+        return error_response(request, ApiError(413, "body_too_large", max=limit))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        return error_response(request, ApiError(500, "internal"))

@@ -1,0 +1,114 @@
+"""Every message the HTTP API can answer with, in English and Polish, in one catalogue."""
+
+from __future__ import annotations
+
+MESSAGES: dict[str, tuple[str, str]] = {
+    "not_found": ("Not found: {path}", "Nie znaleziono: {path}"),
+    "method_not_allowed": (
+        "Method {method} is not allowed here",
+        "Metoda {method} jest tu niedozwolona",
+    ),
+    "body_too_large": (
+        "Request body is larger than {max} bytes",
+        "Treść żądania przekracza {max} bajtów",
+    ),
+    "missing_metric": (
+        "At least one metric name is required (metric=...)",
+        "Wymagana jest co najmniej jedna nazwa metryki (metric=...)",
+    ),
+    "too_many_metrics": (
+        "At most {max} metric names are allowed, got {got}",
+        "Dozwolonych jest najwyżej {max} nazw metryk, podano {got}",
+    ),
+    "invalid_metric_name": (
+        "Invalid metric name: {name}",
+        "Nieprawidłowa nazwa metryki: {name}",
+    ),
+    "invalid_time": (
+        "Invalid time in {param}: {value} (use RFC 3339, epoch milliseconds, now or a relative time such as -1h)",
+        "Nieprawidłowy czas w {param}: {value} (użyj RFC 3339, milisekund od epoki, now lub czasu względnego, np. -1h)",
+    ),
+    "invalid_range": (
+        "start must be earlier than end",
+        "Początek zakresu musi być wcześniejszy niż jego koniec",
+    ),
+    "range_too_long": (
+        "The range holds {periods} periods at {granularity}; at most {max} are allowed",
+        "Zakres obejmuje {periods} okresów przy ziarnistości {granularity}; dozwolonych jest najwyżej {max}",
+    ),
+    "invalid_granularity": (
+        "granularity must be one of 1m, 5m, 1h, 1d, got {value}",
+        "Ziarnistość musi być jedną z: 1m, 5m, 1h, 1d; podano {value}",
+    ),
+    "invalid_aggregation": (
+        "aggregation must be one of AVG, SUM, MIN, MAX, COUNT, P50, P90, P95, P99, got {value}",
+        "Agregacja musi być jedną z: AVG, SUM, MIN, MAX, COUNT, P50, P90, P95, P99; podano {value}",
+    ),
+    "invalid_tag_filter": (
+        "A tag filter must look like key:value, got {value}",
+        "Filtr tagu musi mieć postać klucz:wartość, podano {value}",
+    ),
+    "too_many_tags": (
+        "At most {max} tags are allowed, got {got}",
+        "Dozwolonych jest najwyżej {max} tagów, podano {got}",
+    ),
+    "too_many_group_by": (
+        "At most {max} group_by keys are allowed, got {got}",
+        "Dozwolonych jest najwyżej {max} kluczy group_by, podano {got}",
+    ),
+    "invalid_limit": (
+        "limit must be an integer from {min} to {max}, got {value}",
+        "limit musi być liczbą całkowitą od {min} do {max}; podano {value}",
+    ),
+    "invalid_format": (
+        "format must be json or csv, got {value}",
+        "Format musi być json albo csv; podano {value}",
+    ),
+    "invalid_locale": (
+        "locale must be pl or en, got {value}",
+        "Ustawienia regionalne muszą być pl albo en; podano {value}",
+    ),
+    "unauthorized": (
+        "A valid bearer token is required",
+        "Wymagany jest prawidłowy token (Authorization: Bearer)",
+    ),
+    "forbidden": (
+        "This token's role ({role}) may not do this; it needs {needed}",
+        "Rola tego tokenu ({role}) nie pozwala na tę operację; wymagana: {needed}",
+    ),
+    "internal": (
+        "Internal error; the daemon keeps running (see its log)",
+        "Błąd wewnętrzny; demon działa dalej (szczegóły w jego logu)",
+    ),
+}
+
+LANGUAGES = ("en", "pl")
+
+
+def message(code: str, language: str, params: dict[str, object]) -> str:
+    english, polish = MESSAGES.get(code, MESSAGES["internal"])
+    template = polish if language == "pl" else english
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError):
+        return template
+
+
+def language_of(accept_language: str | None) -> str:
+    """The preferred of our languages in an Accept-Language header (English by default)."""
+    if not accept_language:
+        return "en"
+    best, best_q = "en", -1.0
+    for position, part in enumerate(accept_language.split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                quality = float(params[2:])
+            except ValueError:
+                quality = 0.0
+        primary = tag.strip().lower().split("-")[0]
+        if primary in LANGUAGES and quality - position * 1e-6 > best_q:
+            best, best_q = primary, quality - position * 1e-6
+    return best

@@ -1,0 +1,176 @@
+"""Read endpoints over the in-memory windows: query, realtime, series, cardinality."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+
+from aiohttp import web
+
+from collectord.aggregation.query import Query, iso, run_query
+from collectord.api import params
+from collectord.api.auth import Authenticator
+from collectord.api.errors import json_response
+from collectord.pipeline import Pipeline
+
+CSV_COLUMNS = ("metricName", "periodStart", "periodEnd", "count", "sum", "min", "max", "avg",
+               "p50", "p90", "p95", "p99", "value")
+
+
+class QueryApi:
+    def __init__(self, pipeline: Pipeline, auth: Authenticator) -> None:
+        self.pipeline = pipeline
+        self.auth = auth
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/query", self.query),
+            web.get("/api/v1/realtime", self.realtime),
+            web.get("/api/v1/series", self.series),
+            web.get("/api/v1/cardinality", self.cardinality),
+        ]
+
+    async def query(self, request: web.Request) -> web.StreamResponse:
+        began = time.perf_counter()
+        principal = self.auth.require(request, "read")
+        args = request.query
+        now = self.pipeline.clock.now()
+        names = params.metric_names(args)
+        start, end = params.time_range(args, now)
+        query = Query(
+            tenant=principal.tenant,
+            metrics=names,
+            start=start,
+            end=end,
+            granularity=params.granularity(args, start, end),
+            aggregation=params.aggregation(args),
+            tags=params.tag_filters(args),
+            group_by=params.group_by(args),
+            limit=params.limit(args),
+        )
+        output = params.choice(args, "format", ("json", "csv"), "invalid_format")
+        params.choice(args, "locale", ("en", "pl"), "invalid_locale")
+        self.pipeline.catch_up()
+        rows = run_query(self.pipeline.aggregator, query)
+        if output == "csv":
+            return _csv_response(rows)
+        took_ms = (time.perf_counter() - began) * 1000.0
+        return json_response(
+            {
+                "data": rows,
+                "metadata": {
+                    "totalCount": len(rows),
+                    "query": {
+                        "metricNames": query.metrics,
+                        "startTime": iso(query.start),
+                        "endTime": iso(query.end),
+                        "granularity": query.granularity,
+                        "aggregation": query.aggregation,
+                        "tags": dict(query.tags),
+                        "groupBy": query.group_by,
+                        "limit": query.limit,
+                    },
+                    "executionTimeMs": round(took_ms, 3),
+                    "fromCache": False,
+                },
+            }
+        )
+
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        """Counter total, gauge last value, distribution latest sample; merged over every
+        series matching the tag filter (counters add, the newest gauge or sample wins)."""
+        principal = self.auth.require(request, "read")
+        names = params.metric_names(request.query, max_count=1)
+        tags = params.tag_filters(request.query)
+        self.pipeline.catch_up()
+        matching = self.pipeline.aggregator.matching_series(principal.tenant, names[0], tags)
+        if not matching:
+            return json_response({"metric": names[0], "value": None, "type": None, "timestamp": None, "series": 0})
+        newest = max(matching, key=lambda s: s.last_timestamp)
+        if newest.is_counter:
+            value: float | None = sum(s.total for s in matching)
+        else:
+            value = newest.realtime_value()
+        return json_response(
+            {
+                "metric": names[0],
+                "value": value if value is None or math.isfinite(value) else None,
+                "type": newest.type.value,
+                "timestamp": iso(newest.last_timestamp),
+                "series": len(matching),
+            }
+        )
+
+    async def series(self, request: web.Request) -> web.StreamResponse:
+        principal = self.auth.require(request, "read")
+        prefix = request.query.get("metric", "")
+        tags = dict(params.tag_filters(request.query))
+        limit = params.limit(request.query, default=1000)
+        self.pipeline.catch_up()
+        table = self.pipeline.aggregator.table.by_tenant.get(principal.tenant, {})
+        found = []
+        for (name, series_tags), one in table.items():
+            if not name.startswith(prefix):
+                continue
+            held = dict(series_tags)
+            if any(held.get(k) != v for k, v in tags.items()):
+                continue
+            found.append(one)
+        found.sort(key=lambda s: (s.name, s.tags))
+        return json_response(
+            {
+                "series": [
+                    {
+                        "metricName": s.name,
+                        "type": s.type.value,
+                        "tags": dict(s.tags),
+                        "firstSeen": iso(s.first_seen),
+                        "lastSeen": iso(s.last_seen),
+                    }
+                    for s in found[:limit]
+                ],
+                "totalCount": len(found),
+            }
+        )
+
+    async def cardinality(self, request: web.Request) -> web.StreamResponse:
+        principal = self.auth.require(request, "read")
+        limit = params.limit(request.query, default=20)
+        self.pipeline.catch_up()
+        table = self.pipeline.aggregator.table
+        active = sorted(
+            ((name, len(series)) for (tenant, name), series in table.by_name.items() if tenant == principal.tenant),
+            key=lambda item: (-item[1], item[0]),
+        )
+        rejected = sorted(
+            ((name, count) for (tenant, name), count in table.rejected_by_metric.items() if tenant == principal.tenant),
+            key=lambda item: (-item[1], item[0]),
+        )
+        return json_response(
+            {
+                "totalSeries": sum(count for _, count in active),
+                "maxSeries": table.limits.max_series,
+                "byActiveSeries": [
+                    {"metricName": name, "series": count, "tagValues": table.distinct_tag_values(principal.tenant, name)}
+                    for name, count in active[:limit]
+                ],
+                "byRejectedSeries": [{"metricName": name, "rejected": count} for name, count in rejected[:limit]],
+            }
+        )
+
+
+def _csv_response(rows: list[dict[str, object]]) -> web.Response:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    tag_keys = sorted({key for row in rows for key in row["tags"]})  # type: ignore[attr-defined]
+    writer.writerow([*CSV_COLUMNS, *tag_keys])
+    for row in rows:
+        tags: dict[str, str] = row["tags"]  # type: ignore[assignment]
+        writer.writerow([_cell(row[c]) for c in CSV_COLUMNS] + [tags.get(k, "") for k in tag_keys])
+    return web.Response(text=buffer.getvalue(), content_type="text/csv", charset="utf-8")
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)

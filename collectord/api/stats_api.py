@@ -1,0 +1,182 @@
+"""Ingest counters as JSON (`/api/v1/stats`), as Prometheus text (`/metrics`), and health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collectord.api.errors import json_response
+from collectord.pipeline import Pipeline
+from collectord.protocols.parse_stats import ParseStats
+
+KernelDrops = Callable[[], dict[str, int | None]]
+
+
+def _protocol_stats(stats: ParseStats) -> dict[str, object]:
+    return {
+        "lines": stats.lines,
+        "accepted": stats.accepted,
+        "rejected": sum(stats.rejected.values()),
+        "badLines": dict(stats.rejected),
+        "events": stats.events,
+        "serviceChecks": stats.service_checks,
+        "fieldsSkipped": stats.fields_skipped,
+    }
+
+
+def stats_document(pipeline: Pipeline, kernel_drops: KernelDrops) -> dict[str, object]:
+    """One document with everything a sysadmin asks when numbers look wrong."""
+    drops = kernel_drops()
+    protocols = {"statsd": pipeline.statsd_stats, "line": pipeline.line_stats}
+    bad: dict[str, int] = {}
+    for stats in protocols.values():
+        for reason, count in stats.rejected.items():
+            bad[reason] = bad.get(reason, 0) + count
+    sources = {
+        name: {
+            "packets": c.packets,
+            "bytes": c.bytes,
+            "droppedSamples": c.dropped_samples,
+            "kernelDrops": drops.get(name),
+            "connectionsOpen": c.connections_open,
+            "connectionsTotal": c.connections_total,
+            "connectionsRefused": c.connections_refused,
+            "idleClosed": c.idle_closed,
+            "linesTooLong": c.lines_too_long,
+            "backpressurePauses": c.paused,
+        }
+        for name, c in pipeline.sources.items()
+    }
+    aggregator = pipeline.aggregator
+    ring = pipeline.ring
+    flush = pipeline.flush
+    return {
+        "uptimeSeconds": round(pipeline.clock.now() - pipeline.started_at, 3),
+        "packets": sum(c.packets for c in pipeline.sources.values()),
+        "lines": sum(s.lines for s in protocols.values()),
+        "accepted": sum(s.accepted for s in protocols.values()),
+        "rejected": sum(bad.values()),
+        "badLines": bad,
+        "dropped": ring.dropped_samples,
+        "kernelDrops": sum(d for d in drops.values() if d is not None),
+        "protocols": {name: _protocol_stats(stats) for name, stats in protocols.items()},
+        "sources": sources,
+        "ring": {
+            "capacity": ring.capacity,
+            "fill": ring.fill,
+            "fillRatio": ring.fill / ring.capacity,
+            "highWater": ring.high_water,
+            "droppedSamples": ring.dropped_samples,
+            "droppedBatches": ring.dropped_batches,
+        },
+        "tcpConnections": sum(c.connections_open for c in pipeline.sources.values()),
+        "aggregation": {
+            "samples": aggregator.counters.samples,
+            "rejectedSamples": dict(aggregator.counters.rejected),
+            "series": aggregator.table.count,
+            "maxSeries": aggregator.table.limits.max_series,
+        },
+        "flush": {
+            "interval": aggregator.settings.flush_interval,
+            "flushes": flush.flushes,
+            "lastRecords": flush.last_records,
+            "lastDurationMs": round(flush.last_duration_s * 1000.0, 3),
+        },
+    }
+
+
+class PipelineCollector(Collector):
+    """Reads the pipeline's counters at scrape time: the hot path pays nothing for /metrics."""
+
+    def __init__(self, pipeline: Pipeline, kernel_drops: KernelDrops) -> None:
+        self.pipeline = pipeline
+        self.kernel_drops = kernel_drops
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.pipeline
+        packets = CounterMetricFamily("collectord_packets", "Datagrams or TCP reads received", labels=["source"])
+        received = CounterMetricFamily("collectord_bytes_received", "Bytes received", labels=["source"])
+        dropped = CounterMetricFamily(
+            "collectord_source_dropped_samples", "Samples dropped because the ring was full", labels=["source"]
+        )
+        kernel = GaugeMetricFamily(
+            "collectord_kernel_receive_drops", "The kernel's receive-buffer drops for the socket", labels=["source"]
+        )
+        connections = GaugeMetricFamily("collectord_tcp_connections", "Open TCP connections", labels=["source"])
+        drops = self.kernel_drops()
+        for name, c in p.sources.items():
+            packets.add_metric([name], c.packets)
+            received.add_metric([name], c.bytes)
+            dropped.add_metric([name], c.dropped_samples)
+            connections.add_metric([name], c.connections_open)
+            if drops.get(name) is not None:
+                kernel.add_metric([name], float(drops[name] or 0))
+        yield from (packets, received, dropped, kernel, connections)
+        lines = CounterMetricFamily("collectord_lines", "Lines parsed", labels=["protocol"])
+        accepted = CounterMetricFamily("collectord_lines_accepted", "Lines accepted", labels=["protocol"])
+        bad = CounterMetricFamily("collectord_bad_lines", "Lines rejected, by reason", labels=["protocol", "reason"])
+        for protocol, stats in (("statsd", p.statsd_stats), ("line", p.line_stats)):
+            lines.add_metric([protocol], stats.lines)
+            accepted.add_metric([protocol], stats.accepted)
+            for reason, count in stats.rejected.items():
+                bad.add_metric([protocol, reason], count)
+        yield from (lines, accepted, bad)
+        ring = p.ring
+        yield GaugeMetricFamily("collectord_ring_fill", "Samples queued in the ring", value=ring.fill)
+        yield GaugeMetricFamily("collectord_ring_capacity", "Ring capacity in samples", value=ring.capacity)
+        yield CounterMetricFamily("collectord_ring_dropped_samples", "Samples the full ring turned away", value=ring.dropped_samples)
+        aggregator = p.aggregator
+        yield CounterMetricFamily("collectord_samples_aggregated", "Samples applied to windows", value=aggregator.counters.samples)
+        rejected = CounterMetricFamily(
+            "collectord_samples_rejected", "Samples turned away by aggregation, by reason", labels=["reason"]
+        )
+        for reason, count in aggregator.counters.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield GaugeMetricFamily("collectord_series", "Series held in memory", value=aggregator.table.count)
+        yield CounterMetricFamily("collectord_flushes", "Flush cycles completed", value=p.flush.flushes)
+        yield GaugeMetricFamily(
+            "collectord_flush_last_duration_seconds", "Duration of the last flush cycle", value=p.flush.last_duration_s
+        )
+
+
+class StatsApi:
+    def __init__(self, pipeline: Pipeline, kernel_drops: KernelDrops) -> None:
+        self.pipeline = pipeline
+        self.kernel_drops = kernel_drops
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PipelineCollector(pipeline, kernel_drops))
+        ProcessCollector(registry=self.registry)
+        self.ready = False
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/api/v1/stats", self.stats),
+            web.get("/metrics", self.metrics),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        ring = self.pipeline.ring
+        checks = {"listeners": self.ready, "ring": not ring.full}
+        ok = all(checks.values())
+        return json_response({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        self.pipeline.catch_up()
+        return json_response(stats_document(self.pipeline, self.kernel_drops))
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        self.pipeline.catch_up()
+        return web.Response(
+            body=generate_latest(self.registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )

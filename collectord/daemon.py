@@ -1,0 +1,153 @@
+"""Wiring: binds the listeners and the side port around a Pipeline, runs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvloop
+from aiohttp import web
+
+from collectord.api.app import build_app
+from collectord.clock import Clock, SystemClock
+from collectord.config import Config
+from collectord.logs import setup_logging
+from collectord.pipeline import Pipeline
+from collectord.protocols.parse_stats import ParseStats
+from collectord.sources.tcp import TcpSettings, TcpSource
+from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram, split_host_port
+
+log = logging.getLogger("collectord")
+
+TICK_SECONDS = 0.25
+REJECTION_LOG_EVERY = 10.0
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.pipeline = Pipeline(config, self.clock)
+        self.datagram_sources: list[DatagramSource] = []
+        self.tcp_sources: list[TcpSource] = []
+        self.runner: web.AppRunner | None = None
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._logged_rejections: dict[str, int] = {}
+
+    def kernel_drops(self) -> dict[str, int | None]:
+        return {source.name: source.kernel_drops() for source in self.datagram_sources}
+
+    async def start(self) -> None:
+        listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
+        tenant = ingest.tenant
+        datagram = [
+            ("statsd_udp", listen.statsd_udp, p.statsd_parser),
+            ("line_udp", listen.line_udp, p.line_parser),
+        ]
+        for name, address, parser in datagram:
+            if address:
+                self.datagram_sources.append(
+                    await open_udp(name, address, parser, p.ring, tenant, ingest.udp_receive_buffer, p.counters_for(name))
+                )
+        if listen.statsd_unix:
+            self.datagram_sources.append(
+                await open_unix_datagram(
+                    "statsd_unix", listen.statsd_unix, p.statsd_parser, p.ring, tenant,
+                    ingest.udp_receive_buffer, p.counters_for("statsd_unix"),
+                )
+            )
+        settings = TcpSettings(ingest.tcp_max_line, ingest.tcp_idle_timeout, ingest.tcp_max_connections)
+        streams: list[tuple[str, str, PacketParser, ParseStats]] = [
+            ("statsd_tcp", listen.statsd_tcp, p.statsd_parser, p.statsd_stats),
+            ("line_tcp", listen.line_tcp, p.line_parser, p.line_stats),
+        ]
+        for name, address, parser, stats in streams:
+            if address:
+                source = TcpSource(name, parser, stats, p.ring, tenant, settings, p.counters_for(name))
+                await source.start(address)
+                self.tcp_sources.append(source)
+        app, stats_api = build_app(p, self.kernel_drops)
+        if listen.http:
+            self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self.runner.setup()
+            host, port = split_host_port(listen.http)
+            await web.TCPSite(self.runner, host, port, reuse_address=True).start()
+            log.info("listening", extra={"source": "http", "address": listen.http})
+        stats_api.ready = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick())]
+        receive_buffers = {s.name: s.receive_buffer for s in self.datagram_sources}
+        log.info("ready", extra={"tenant": tenant, "receive_buffers": receive_buffers})
+
+    async def _consume(self) -> None:
+        ring = self.pipeline.ring
+        while True:
+            await ring.wait_for_data()
+            self.pipeline.catch_up()
+            # Let the sources read more before the next drain: batches grow under load.
+            await asyncio.sleep(0)
+
+    async def _tick(self) -> None:
+        since_log = 0.0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.pipeline.advance()
+            since_log += TICK_SECONDS
+            if since_log >= REJECTION_LOG_EVERY:
+                since_log = 0.0
+                self._log_rejections()
+
+    def _log_rejections(self) -> None:
+        """One line per reason per period at most: never a line per bad sample."""
+        for protocol, stats in (("statsd", self.pipeline.statsd_stats), ("line", self.pipeline.line_stats)):
+            for reason, count in stats.rejected.items():
+                key = f"{protocol}:{reason}"
+                new = count - self._logged_rejections.get(key, 0)
+                if new > 0:
+                    self._logged_rejections[key] = count
+                    example = stats.last_rejected.get(reason, b"")
+                    log.warning(
+                        "rejected lines",
+                        extra={"protocol": protocol, "reason": reason, "count": new,
+                               "example": example[:200].decode("utf-8", "backslashreplace")},
+                    )
+
+    async def stop(self) -> None:
+        """Stop reading, hand every read line to aggregation, close the side port."""
+        for datagram in self.datagram_sources:
+            datagram.close()
+        for source in self.tcp_sources:
+            await source.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.pipeline.advance()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        log.info("stopped", extra={"samples": self.pipeline.aggregator.counters.samples})
+
+    async def serve_until_signalled(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        try:
+            await self.start()
+        except OSError as error:
+            log.error("cannot bind a listener", extra={"error": str(error)})
+            await self.stop()
+            return 1
+        await self.stopping.wait()
+        log.info("stopping")
+        await self.stop()
+        return 0
+
+
+def run(config: Config) -> int:
+    """Run the daemon in the foreground until SIGTERM or SIGINT; returns the exit code."""
+    setup_logging(config.log.level, config.log.format)
+    return uvloop.run(Daemon(config).serve_until_signalled())

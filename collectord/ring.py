@@ -1,0 +1,82 @@
+"""The bounded buffer between sources and aggregation.
+
+It holds batches (one per packet or TCP read), not single samples: a source hands over the list
+its parser filled, so the cost per sample is nothing and the cost per batch is one deque append.
+Capacity is counted in samples. UDP sources drop a batch that does not fit (counted); TCP sources
+pause reading until the consumer has made room (backpressure, nothing dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import NamedTuple
+
+from collectord.model import Sample
+
+
+class Batch(NamedTuple):
+    """Samples parsed from one packet or read, for one tenant, received at one moment."""
+
+    tenant: str
+    samples: list[Sample]
+    received_at: float
+
+
+class Ring:
+    """A bounded FIFO of batches with a wake-up for its single consumer."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("ring capacity must be at least 1 sample")
+        self.capacity = capacity
+        self.fill = 0
+        self.dropped_samples = 0
+        self.dropped_batches = 0
+        self.high_water = 0
+        self._batches: deque[Batch] = deque()
+        self._has_data = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+
+    def offer(self, batch: Batch) -> bool:
+        """Append the batch if it fits; otherwise count it as dropped and return False."""
+        size = len(batch.samples)
+        if self.fill + size > self.capacity and self.fill > 0:
+            self.dropped_samples += size
+            self.dropped_batches += 1
+            return False
+        self._append(batch, size)
+        return True
+
+    def force(self, batch: Batch) -> None:
+        """Append even past capacity; for TCP, which has already paused its reader."""
+        self._append(batch, len(batch.samples))
+
+    def _append(self, batch: Batch, size: int) -> None:
+        self._batches.append(batch)
+        self.fill += size
+        if self.fill > self.high_water:
+            self.high_water = self.fill
+        if self.fill >= self.capacity:
+            self._has_room.clear()
+        self._has_data.set()
+
+    @property
+    def full(self) -> bool:
+        return self.fill >= self.capacity
+
+    def drain(self) -> list[Batch]:
+        """Take every queued batch at once (the consumer works on them in one go)."""
+        batches = list(self._batches)
+        self._batches.clear()
+        self.fill = 0
+        self._has_data.clear()
+        self._has_room.set()
+        return batches
+
+    async def wait_for_data(self) -> None:
+        await self._has_data.wait()
+
+    async def wait_for_room(self) -> None:
+        await self._has_room.wait()

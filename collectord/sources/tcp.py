@@ -1,0 +1,202 @@
+"""TCP listeners: newline-delimited lines from many concurrent clients.
+
+Each read is cut at its last newline; the tail waits for the next read, so a line split across
+reads is reassembled, and a final line without a newline still counts when the client closes.
+A line longer than the configured maximum is dropped and counted while the connection's later
+lines still count. When the ring is full every connection stops reading until the consumer has
+made room: TCP gets backpressure, never loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from collectord.counters import SourceCounters
+from collectord.model import Sample
+from collectord.protocols.parse_stats import ParseStats
+from collectord.ring import Batch, Ring
+from collectord.sources.udp import PacketParser, split_host_port
+
+log = logging.getLogger("collectord.sources.tcp")
+
+
+@dataclass
+class TcpSettings:
+    max_line: int = 65536
+    idle_timeout: float = 300.0
+    max_connections: int = 1024
+
+
+class _LineConnection(asyncio.Protocol):
+    def __init__(self, source: TcpSource) -> None:
+        self.source = source
+        self.transport: asyncio.Transport | None = None
+        self.pending = b""
+        self.discarding = False  # inside an over-long line: skip to its newline
+        self.last_activity = time.monotonic()
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        source = self.source
+        counters = source.counters
+        if len(source.connections) >= source.settings.max_connections:
+            counters.connections_refused += 1
+            transport.abort()
+            return
+        self.transport = transport
+        source.connections.add(self)
+        counters.connections_open = len(source.connections)
+        counters.connections_total += 1
+        if source.ring.full:
+            self.pause()
+
+    def data_received(self, data: bytes) -> None:
+        source = self.source
+        counters = source.counters
+        counters.bytes += len(data)
+        counters.packets += 1
+        self.last_activity = time.monotonic()
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._hold(data)
+            return
+        head = data[: cut + 1]
+        tail = data[cut + 1 :]
+        if self.discarding:
+            first = head.find(b"\n")
+            head = head[first + 1 :]
+            self.discarding = False
+        elif self.pending:
+            head = self.pending + head
+        self.pending = b""
+        self._emit(head)
+        self._hold(tail)
+
+    def _hold(self, data: bytes) -> None:
+        if self.discarding or not data:
+            return
+        self.pending += data
+        if len(self.pending) > self.source.settings.max_line:
+            self.source.line_too_long()
+            self.pending = b""
+            self.discarding = True
+
+    def _emit(self, chunk: bytes) -> None:
+        source = self.source
+        if len(chunk) > source.settings.max_line:
+            chunk = source.without_long_lines(chunk)
+        samples: list[Sample] = []
+        source.parser.parse(chunk, samples)
+        if samples:
+            source.ring.force(Batch(source.tenant, samples, time.time()))
+            if source.ring.full:
+                source.pause_all()
+
+    def eof_received(self) -> bool | None:
+        self._flush_tail()
+        return None
+
+    def _flush_tail(self) -> None:
+        if self.pending and not self.discarding:
+            tail, self.pending = self.pending, b""
+            self._emit(tail)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_tail()
+        source = self.source
+        source.connections.discard(self)
+        source.counters.connections_open = len(source.connections)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
+@dataclass
+class TcpSource:
+    """One TCP listener and its connections."""
+
+    name: str
+    parser: PacketParser
+    parse_stats: ParseStats
+    ring: Ring
+    tenant: str
+    settings: TcpSettings
+    counters: SourceCounters
+    connections: set[_LineConnection] = field(default_factory=set)
+    server: asyncio.Server | None = None
+    _resumer: asyncio.Task[None] | None = None
+    _sweeper: asyncio.Task[None] | None = None
+
+    def factory(self) -> Callable[[], asyncio.Protocol]:
+        return lambda: _LineConnection(self)
+
+    def line_too_long(self) -> None:
+        self.counters.lines_too_long += 1
+        stats = self.parse_stats
+        stats.lines += 1
+        stats.rejected["line_too_long"] = stats.rejected.get("line_too_long", 0) + 1
+
+    def without_long_lines(self, chunk: bytes) -> bytes:
+        limit = self.settings.max_line
+        kept = []
+        for line in chunk.split(b"\n"):
+            if len(line) > limit:
+                self.line_too_long()
+            else:
+                kept.append(line)
+        return b"\n".join(kept)
+
+    def pause_all(self) -> None:
+        self.counters.paused += 1
+        for connection in self.connections:
+            connection.pause()
+        if self._resumer is None or self._resumer.done():
+            self._resumer = asyncio.get_running_loop().create_task(self._resume_when_room())
+
+    async def _resume_when_room(self) -> None:
+        await self.ring.wait_for_room()
+        for connection in list(self.connections):
+            connection.resume()
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, max(self.settings.idle_timeout / 4, 0.05)))
+            cutoff = time.monotonic() - self.settings.idle_timeout
+            for connection in list(self.connections):
+                if connection.last_activity < cutoff and connection.transport is not None:
+                    self.counters.idle_closed += 1
+                    connection.transport.close()
+
+    async def start(self, address: str) -> None:
+        host, port = split_host_port(address)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.factory(), host, port, reuse_address=True, backlog=1024)
+        self._sweeper = loop.create_task(self._sweep_idle())
+        log.info("listening", extra={"source": self.name, "address": address})
+
+    async def close(self) -> None:
+        """Stop accepting, then let every connection hand over what it has read."""
+        if self.server is not None:
+            self.server.close()
+        for task in (self._sweeper, self._resumer):
+            if task is not None:
+                task.cancel()
+        for connection in list(self.connections):
+            connection._flush_tail()
+            if connection.transport is not None:
+                connection.transport.close()
+        if self.server is not None:
+            await self.server.wait_closed()
