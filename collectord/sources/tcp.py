@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from collectord.counters import SourceCounters
 from collectord.model import Sample
@@ -41,7 +42,8 @@ class _LineConnection(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         source = self.source
         counters = source.counters
         if len(source.connections) >= source.settings.max_connections:

@@ -145,7 +145,14 @@ def test_open_and_closed_windows_agree_after_rollup() -> None:
     before = {g: query(agg, KEY[0], granularity=g) for g in ("1m", "5m", "1h")}
     agg.advance(T0 + 7200)
     after = {g: query(agg, KEY[0], granularity=g) for g in ("1m", "5m", "1h")}
-    assert before == after
+    for granularity, rows in before.items():
+        assert len(rows) == len(after[granularity])
+        for old, new in zip(rows, after[granularity], strict=True):
+            for field, value in old.items():
+                if isinstance(value, float):  # merge order may change the last bit of a sum
+                    assert math.isclose(value, new[field], rel_tol=1e-12), field  # type: ignore[arg-type]
+                else:
+                    assert value == new[field], field
     (hour,) = after["1h"]
     exact = np.percentile(values, 99)
     assert abs(hour["p99"] - exact) / exact <= 0.01  # type: ignore[operator]
