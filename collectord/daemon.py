@@ -12,12 +12,12 @@ from aiohttp import web
 
 from collectord.api.app import build_app
 from collectord.clock import Clock, SystemClock
-from collectord.config import Config
+from collectord.config import Config, split_host_port
 from collectord.logs import setup_logging
 from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
 from collectord.sources.tcp import TcpSettings, TcpSource
-from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram, split_host_port
+from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
 
 log = logging.getLogger("collectord")
 
@@ -43,14 +43,16 @@ class Daemon:
     async def start(self) -> None:
         listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
         tenant = ingest.tenant
-        datagram = [
+        datagram: list[tuple[str, str, PacketParser]] = [
             ("statsd_udp", listen.statsd_udp, p.statsd_parser),
             ("line_udp", listen.line_udp, p.line_parser),
         ]
         for name, address, parser in datagram:
             if address:
                 self.datagram_sources.append(
-                    await open_udp(name, address, parser, p.ring, tenant, ingest.udp_receive_buffer, p.counters_for(name))
+                    await open_udp(
+                        name, address, parser, p.ring, tenant, ingest.udp_receive_buffer, p.counters_for(name)
+                    )
                 )
         if listen.statsd_unix:
             self.datagram_sources.append(

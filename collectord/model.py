@@ -15,12 +15,11 @@ parser that sees the same line twice hands out the very same tuple. Field positi
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Union
+from enum import StrEnum
 
 Tags = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Tags]
-Sample = tuple[SeriesKey, int, Union[float, str], float, Union[float, None]]
+Sample = tuple[SeriesKey, int, float | str, float, float | None]
 
 KIND_COUNTER = 0
 KIND_GAUGE = 1
@@ -33,7 +32,7 @@ KIND_SET = 5
 KEY, KIND, VALUE, WEIGHT, TIMESTAMP = 0, 1, 2, 3, 4
 
 
-class MetricType(str, Enum):
+class MetricType(StrEnum):
     """The seed's metric types plus SET; the value is the name used on the wire and in JSON."""
 
     COUNTER = "COUNTER"

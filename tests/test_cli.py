@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +132,62 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path: Path) -> None:
     result = collectord("run", "--config", str(path))
     assert result.returncode == 2
     assert "log.level: expected one of" in result.stderr
+
+
+def ephemeral_listeners(**overrides: str) -> dict[str, str]:
+    """Environment that puts every listener on a free loopback port."""
+    env = {
+        f"COLLECTORD_LISTEN_{name}": "127.0.0.1:0"
+        for name in ("STATSD_UDP", "STATSD_TCP", "LINE_UDP", "LINE_TCP", "HTTP")
+    }
+    env.update(overrides)
+    return env
+
+
+def start_daemon(env: dict[str, str]) -> subprocess.Popen[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTORD_")}
+    environ.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "collectord", "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=environ,
+    )
+
+
+def test_run_stops_cleanly_on_sigterm() -> None:
+    daemon = start_daemon(ephemeral_listeners())
+    try:
+        assert daemon.stderr is not None
+        # The daemon logs "ready" once every listener is bound.
+        for line in daemon.stderr:
+            if "ready" in line:
+                break
+        else:
+            pytest.fail(f"daemon exited with {daemon.wait()} before it was ready")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        for stream in (daemon.stdout, daemon.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_run_exits_1_when_a_port_is_taken() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        daemon = start_daemon(ephemeral_listeners(COLLECTORD_LISTEN_LINE_TCP=address))
+        try:
+            _, stderr = daemon.communicate(timeout=30)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    assert daemon.returncode == 1, stderr

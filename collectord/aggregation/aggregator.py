@@ -84,6 +84,8 @@ class Aggregator:
         self.name_totals: dict[tuple[str, str], Series] = {}
         self.counters = AggregationCounters()
         self._last_housekeeping = now
+        # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
+        self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -99,10 +101,21 @@ class Aggregator:
             slice_start = -2  # that slice is already closed: every sample takes the slow path
         table = self.table.tenant_table(batch.tenant)
         tenant = batch.tenant
+        by_identity = self._by_identity.get(tenant)
+        if by_identity is None or len(by_identity) > 4 * self.table.limits.max_series:
+            by_identity = self._by_identity[tenant] = {}
         applied = 0
         for sample in batch.samples:
             key, kind, value, weight, ts = sample
-            series = table.get(key)
+            # Parsers intern keys, so the key object usually identifies its series: an int
+            # lookup instead of hashing a nested tuple. The stored key keeps its id unique.
+            hit = by_identity.get(id(key))
+            if hit is not None and hit[0] is key:
+                series: Series | None = hit[1]
+            else:
+                series = table.get(key)
+                if series is not None:
+                    by_identity[id(key)] = (key, series)
             if series is None or ts is not None or series.slice_start != slice_start:
                 applied += self._apply_one(tenant, table, sample, received)
                 continue
@@ -302,6 +315,7 @@ class Aggregator:
         for series in self.table.all_series():
             self._prune_levels(series, retention)
             if series.last_seen < cutoff_idle:
+                self._by_identity.clear()
                 self.table.remove(series)
                 for pending in self._pending:
                     pending.discard(series)

@@ -153,7 +153,11 @@ class QueryApi:
                 "totalSeries": sum(count for _, count in active),
                 "maxSeries": table.limits.max_series,
                 "byActiveSeries": [
-                    {"metricName": name, "series": count, "tagValues": table.distinct_tag_values(principal.tenant, name)}
+                    {
+                        "metricName": name,
+                        "series": count,
+                        "tagValues": table.distinct_tag_values(principal.tenant, name),
+                    }
                     for name, count in active[:limit]
                 ],
                 "byRejectedSeries": [{"metricName": name, "rejected": count} for name, count in rejected[:limit]],

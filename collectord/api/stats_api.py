@@ -128,9 +128,13 @@ class PipelineCollector(Collector):
         ring = p.ring
         yield GaugeMetricFamily("collectord_ring_fill", "Samples queued in the ring", value=ring.fill)
         yield GaugeMetricFamily("collectord_ring_capacity", "Ring capacity in samples", value=ring.capacity)
-        yield CounterMetricFamily("collectord_ring_dropped_samples", "Samples the full ring turned away", value=ring.dropped_samples)
+        yield CounterMetricFamily(
+            "collectord_ring_dropped_samples", "Samples the full ring turned away", value=ring.dropped_samples
+        )
         aggregator = p.aggregator
-        yield CounterMetricFamily("collectord_samples_aggregated", "Samples applied to windows", value=aggregator.counters.samples)
+        yield CounterMetricFamily(
+            "collectord_samples_aggregated", "Samples applied to windows", value=aggregator.counters.samples
+        )
         rejected = CounterMetricFamily(
             "collectord_samples_rejected", "Samples turned away by aggregation, by reason", labels=["reason"]
         )

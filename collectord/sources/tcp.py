@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from collectord.config import split_host_port
 from collectord.counters import SourceCounters
 from collectord.model import Sample
 from collectord.protocols.parse_stats import ParseStats
 from collectord.ring import Batch, Ring
-from collectord.sources.udp import PacketParser, split_host_port
+from collectord.sources.udp import PacketParser
 
 log = logging.getLogger("collectord.sources.tcp")
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from collectord.model import Sample
+from collectord.config import split_host_port
 from collectord.counters import SourceCounters
+from collectord.model import Sample
 from collectord.ring import Batch, Ring
 
 log = logging.getLogger("collectord.sources.udp")
@@ -65,11 +66,6 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.counters.errors += 1
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _raise_receive_buffer(sock: socket.socket, wanted: int) -> int:

@@ -1,0 +1,147 @@
+"""End-to-end ingest into the running daemon, and parser throughput on one core.
+
+    .venv/bin/python benchmarks/ingest.py parsers          # lines/s per line shape, one core
+    .venv/bin/python benchmarks/ingest.py udp [--rate 500000] [--seconds 10] [--shape counter]
+    .venv/bin/python benchmarks/ingest.py tcp [--connections 50] [--total 1000000]
+    .venv/bin/python benchmarks/ingest.py all               # everything above, the issue's numbers
+
+The load generator is `benchmarks/loadgen.c`, compiled here with the machine's cc; it sends
+with sendmmsg bursts so that it is not the bottleneck. Loss is what the daemon counted through
+`/api/v1/stats` against what the generator sent, and the kernel's own drop counter for the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.daemon import RunningDaemon, start_daemon  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+
+
+def build_loadgen() -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    binary = OUT / "loadgen"
+    source = ROOT / "benchmarks" / "loadgen.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("a C compiler (cc) is needed for the load generator: apt-get install gcc")
+        subprocess.run([compiler, "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def loadgen(*args: str) -> dict[str, Any]:
+    result = subprocess.run([str(build_loadgen()), *args], check=True, capture_output=True, text=True)
+    return dict(json.loads(result.stdout))
+
+
+def settle(daemon: RunningDaemon, key: str = "lines", quiet: float = 1.0, limit: float = 120.0) -> dict[str, Any]:
+    """Stats once the daemon's line count has stopped moving for `quiet` seconds."""
+    last, since, began = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - began < limit:
+        stats = daemon.stats()
+        if stats[key] != last:
+            last, since = stats[key], time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return stats
+        time.sleep(0.2)
+    return daemon.stats()
+
+
+def source_drops(stats: dict[str, Any], source: str) -> int:
+    return int(stats["sources"][source]["kernelDrops"] or 0)
+
+
+def run_udp(rate: float, seconds: float, shape: str, lines_per_packet: int, series: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp), "[ingest]\nudp_receive_buffer = \"32MiB\"\n")
+        try:
+            before = daemon.stats()
+            sent = loadgen(
+                "--proto", "udp", "--port", str(daemon.statsd), "--rate", str(rate), "--seconds", str(seconds),
+                "--shape", shape, "--lines-per-packet", str(lines_per_packet), "--series", str(series),
+            )
+            after = settle(daemon)
+        finally:
+            daemon.stop()
+    accepted = after["accepted"] - before["accepted"]
+    return {
+        "transport": "udp",
+        "shape": shape,
+        "lines_per_packet": lines_per_packet,
+        "series": series,
+        "target_rate": rate,
+        "sent": sent["lines"],
+        "send_rate": sent["rate"],
+        "accepted": accepted,
+        "lost": sent["lines"] - accepted,
+        "loss_pct": 100.0 * (sent["lines"] - accepted) / max(sent["lines"], 1),
+        "kernel_drops_packets": source_drops(after, "statsd_udp") - source_drops(before, "statsd_udp"),
+        "ring_dropped": after["dropped"] - before["dropped"],
+    }
+
+
+def run_tcp(connections: int, total: int, shape: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp))
+        try:
+            before = daemon.stats()
+            began = time.monotonic()
+            sent = loadgen(
+                "--proto", "tcp", "--port", str(daemon.statsd), "--connections", str(connections),
+                "--total", str(total), "--seconds", "600", "--shape", shape, "--lines-per-packet", "25",
+            )
+            after = settle(daemon, quiet=0.5)
+            took = time.monotonic() - began
+        finally:
+            daemon.stop()
+    accepted = after["accepted"] - before["accepted"]
+    return {
+        "transport": "tcp",
+        "shape": shape,
+        "connections": connections,
+        "sent": sent["lines"],
+        "accepted": accepted,
+        "lost": sent["lines"] - accepted,
+        "accepted_rate": accepted / took,
+        "seconds": round(took, 2),
+    }
+
+
+def run_parsers() -> None:
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parsers.py")], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["parsers", "udp", "tcp", "all"])
+    parser.add_argument("--rate", type=float, default=500_000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--shape", default="counter", choices=["counter", "timer", "gauge", "dogstatsd"])
+    parser.add_argument("--lines-per-packet", type=int, default=25)
+    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--total", type=int, default=1_000_000)
+    args = parser.parse_args()
+    if args.what in ("parsers", "all"):
+        run_parsers()
+    if args.what in ("udp", "all"):
+        print(json.dumps(run_udp(args.rate, args.seconds, args.shape, args.lines_per_packet, args.series)))
+    if args.what in ("tcp", "all"):
+        print(json.dumps(run_tcp(args.connections, args.total, args.shape)))
+
+
+if __name__ == "__main__":
+    main()
