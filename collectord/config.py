@@ -315,10 +315,10 @@ class Aggregate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Duration,
         Meta(
             gt=0,
-            description="A series with no samples for this long is forgotten, freeing its "
-            "place under limits.max_series.",
+            description="A series with no samples for this long is forgotten together with its "
+            "in-memory windows, freeing its place under limits.max_series.",
         ),
-    ] = 3600.0
+    ] = 86400.0
     retention_1m: Annotated[
         Duration, Meta(gt=0, description="How long 1-minute aggregates are kept.")
     ] = 6 * 3600.0

@@ -135,6 +135,7 @@ class Aggregator:
                     cell.last = fvalue
                     if cell.sketch is not None:
                         cell.sketch.add(fvalue, weight)
+                        cell.sum_squares += fvalue * fvalue * weight
                     series.total += fvalue * weight
                     series.last_value = fvalue
             elif kind == KIND_GAUGE_DELTA and series.kind == KIND_GAUGE:
@@ -216,7 +217,7 @@ class Aggregator:
     def _slice_cell(self, series: Series, start: int) -> Cell:
         cell = series.levels[0].get(start)
         if cell is None:
-            cell = series.levels[0][start] = series.new_cell()
+            cell = series.writable(0)[start] = series.new_cell()
             self._pending[0].add(series)
         if start >= series.slice_start:
             series.slice_start = start
@@ -226,7 +227,7 @@ class Aggregator:
     def _cell(self, series: Series, level: int, start: int) -> Cell:
         cell = series.levels[level].get(start)
         if cell is None:
-            cell = series.levels[level][start] = series.new_cell()
+            cell = series.writable(level)[start] = series.new_cell()
             if level + 1 < LEVEL_COUNT:
                 self._pending[level].add(series)
         return cell

@@ -20,17 +20,22 @@ PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 class Cell:
     """Counts, sums, extremes and, for distributions, a sketch; for sets, the members."""
 
-    __slots__ = ("count", "last", "max", "members", "min", "sketch", "sum")
+    __slots__ = ("_percentiles", "count", "last", "max", "members", "min", "sketch", "sum", "sum_squares")
 
     def __init__(self, sketch: Sketch | None = None, members: set[str] | None = None) -> None:
         self.count = 0.0
         self.sum = 0.0
+        # Weighted sum of squares, kept for distributions only (the flush view's stddev).
+        self.sum_squares = 0.0
         self.min = math.inf
         self.max = -math.inf
         # The newest value seen, for gauges (the flush view's gauge value).
         self.last = math.nan
         self.sketch = sketch
         self.members = members
+        # (count when computed, p50..p99): closed windows are read far more often than they
+        # change, and every change raises count (weights are > 0), which invalidates it.
+        self._percentiles: tuple[float, list[float | None]] | None = None
 
     @classmethod
     def for_distribution(cls) -> Cell:
@@ -59,6 +64,7 @@ class Cell:
         self.last = value
         if self.sketch is not None:
             self.sketch.add(value, weight)
+            self.sum_squares += value * value * weight
 
     def add_member(self, member: str) -> None:
         assert self.members is not None
@@ -68,6 +74,7 @@ class Cell:
         """Fold `other` into this cell; `other` is treated as the newer one for `last`."""
         self.count += other.count
         self.sum += other.sum
+        self.sum_squares += other.sum_squares
         if other.min < self.min:
             self.min = other.min
         if other.max > self.max:
@@ -89,6 +96,7 @@ class Cell:
             members=set(self.members) if self.members is not None else None,
         )
         clone.count, clone.sum, clone.min, clone.max = self.count, self.sum, self.min, self.max
+        clone.sum_squares = self.sum_squares
         clone.last = self.last
         return clone
 
@@ -106,16 +114,27 @@ class Cell:
         can stray past them by up to the relative error)."""
         if self.sketch is None or self.count <= 0:
             return [None] * len(PERCENTILES)
+        cached = self._percentiles
+        if cached is not None and cached[0] == self.count:
+            return cached[1]
         out: list[float | None] = []
         for estimate in self.sketch.quantiles(PERCENTILES):
             if estimate is not None:
                 estimate = min(max(estimate, self.min), self.max)
             out.append(estimate)
+        self._percentiles = (self.count, out)
         return out
+
+    def stddev(self) -> float | None:
+        """Population standard deviation of a distribution's values (weighted)."""
+        if self.sketch is None or self.count <= 0:
+            return None
+        mean = self.sum / self.count
+        return math.sqrt(max(self.sum_squares / self.count - mean * mean, 0.0))
 
     def nbytes(self) -> int:
         """Memory held, for the bytes-per-series accounting."""
-        size = 96  # the object with its seven slots
+        size = 112  # the object with its nine slots
         if self.sketch is not None:
             size += self.sketch.nbytes()
         if self.members is not None:

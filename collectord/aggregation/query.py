@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from collectord.aggregation.aggregator import LEVEL_OF_GRANULARITY, Aggregator
 from collectord.aggregation.cells import Cell
@@ -36,6 +37,7 @@ class Query:
     limit: int = 1000
 
 
+@lru_cache(maxsize=65536)
 def iso(when: float) -> str:
     """RFC 3339 in UTC with milliseconds, as the seed's JSON dates are."""
     moment = datetime.fromtimestamp(when, tz=UTC)
@@ -43,9 +45,11 @@ def iso(when: float) -> str:
 
 
 def merge_cells(parts: Sequence[Cell]) -> Cell | None:
-    """A new cell holding the merge of `parts`; the stored cells are never modified."""
+    """The merge of `parts` as a cell to read; the stored cells are never modified."""
     if not parts:
         return None
+    if len(parts) == 1:
+        return parts[0]  # callers only read it
     merged = parts[0].empty_like()
     for part in parts:
         merged.merge(part)

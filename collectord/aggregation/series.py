@@ -26,6 +26,9 @@ from collectord.model import (
 
 # Slices (one flush interval), then 1m, 5m, 1h, 1d.
 LEVEL_COUNT = 5
+# Shared by every level that holds nothing yet (an empty dict costs 64 bytes per level per
+# series); never written to: `Series.writable` swaps in a dict of the series' own first.
+_NO_CELLS: dict[int, Cell] = {}
 
 
 class Series:
@@ -60,10 +63,16 @@ class Series:
         self.total = 0.0
         self.last_value = 0.0 if kind == KIND_GAUGE else math.nan
         self.last_timestamp = now
-        self.levels: list[dict[int, Cell]] = [{} for _ in range(LEVEL_COUNT)]
+        self.levels: list[dict[int, Cell]] = [_NO_CELLS] * LEVEL_COUNT
         # The hot path's shortcut to the open slice.
         self.slice_start = -1
         self.slice_cell: Cell | None = None
+
+    def writable(self, level: int) -> dict[int, Cell]:
+        cells = self.levels[level]
+        if cells is _NO_CELLS:
+            cells = self.levels[level] = {}
+        return cells
 
     def new_cell(self) -> Cell:
         if self.kind in (KIND_HISTOGRAM, KIND_SUMMARY):

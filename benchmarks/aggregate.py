@@ -1,0 +1,215 @@
+"""Aggregation costs: per sample by type, memory per series, percentile accuracy, query latency.
+
+    .venv/bin/python benchmarks/aggregate.py cost        # samples/s into the aggregation, one core
+    .venv/bin/python benchmarks/aggregate.py memory      # bytes per active series (100,000 series)
+    .venv/bin/python benchmarks/aggregate.py accuracy    # 1,000,000 skewed samples, every granularity and merge
+    .venv/bin/python benchmarks/aggregate.py query       # latency over real HTTP against the running daemon
+    .venv/bin/python benchmarks/aggregate.py all
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from collectord.aggregation.aggregator import AggregationSettings, Aggregator  # noqa: E402
+from collectord.aggregation.query import Query, run_query  # noqa: E402
+from collectord.limits import Limits  # noqa: E402
+from collectord.model import KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, KIND_SET, Sample  # noqa: E402
+from collectord.ring import Batch  # noqa: E402
+from tests.integration.daemon import start_daemon  # noqa: E402
+
+T0 = 1_800_000_000
+
+
+def cost() -> None:
+    """Pre-parsed batches of 25 samples over 1,000 series (keys interned as the parser does)."""
+    rng = random.Random(1)
+    for label, kind in (("counter", KIND_COUNTER), ("gauge", KIND_GAUGE), ("histogram", KIND_HISTOGRAM), ("set", KIND_SET)):
+        keys = [(f"bench.{label}.{i}", (("host", "web1"), ("region", "eu"))) for i in range(1000)]
+        batches = []
+        for b in range(40_000):
+            samples: list[Sample] = []
+            for _ in range(25):
+                value: float | str = str(rng.randrange(5000)) if kind == KIND_SET else float(rng.lognormvariate(3, 1))
+                samples.append((keys[rng.randrange(1000)], kind, value, 1.0, None))
+            batches.append(Batch("default", samples, T0 + b * 0.0015))
+        agg = Aggregator(Limits(), AggregationSettings(), T0)
+        began = time.perf_counter()
+        for batch in batches:
+            agg.apply(batch)
+        took = time.perf_counter() - began
+        n = 25 * len(batches)
+        print(f"cost  {label:<10} {n / took:>12,.0f} samples/s  {took / n * 1e9:6.0f} ns/sample")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def memory(series: int = 100_000, samples_each: int = 20) -> None:
+    """RSS growth for `series` active histogram series holding one minute of data."""
+    rng = np.random.default_rng(3)
+    keys = [(f"mem.h{i // 100}", (("host", f"h{i % 100}"),)) for i in range(series)]
+    values = rng.lognormal(3.5, 1.0, series * samples_each)
+    gc.collect()
+    before = _rss()
+    agg = Aggregator(Limits(max_tag_values_per_key=1000), AggregationSettings(), T0)
+    for round_ in range(samples_each):
+        offset = round_ * series
+        agg.apply(Batch("default", [(k, KIND_HISTOGRAM, float(values[offset + i]), 1.0, None) for i, k in enumerate(keys)], T0 + 1))
+    gc.collect()
+    open_slice = (_rss() - before) / series
+    agg.advance(T0 + 61)  # the minute closes: slices roll into 1m (and up) cells
+    gc.collect()
+    after_rollup = (_rss() - before) / series
+    print(f"memory {series:,} histogram series, {samples_each} samples each: "
+          f"{open_slice:,.0f} B/series with the open slice, {after_rollup:,.0f} B/series after the minute rolled "
+          f"into 1m+5m+1h+1d cells (accounting says {agg.memory_bytes() / series:,.0f})")
+
+
+def accuracy(n: int = 1_000_000) -> None:
+    """Every p50..p99 of every granularity, and merges over series and over sketches built
+    apart, against numpy's exact percentile on the same samples."""
+    rng = np.random.default_rng(11)
+    distributions = {
+        "lognormal": rng.lognormal(3.0, 1.2, n),
+        "pareto": (rng.pareto(1.5, n) + 1) * 10,
+        "bimodal": np.concatenate([rng.normal(20, 3, n // 2).clip(0.1), rng.normal(900, 50, n - n // 2)]),
+    }
+    worst = 0.0
+    for label, values in distributions.items():
+        rng.shuffle(values)
+        keep = AggregationSettings(retention=(1e9, 1e9, 1e9, 1e9), series_idle_expiry=1e9)
+        agg_a = Aggregator(Limits(), keep, T0)
+        agg_b = Aggregator(Limits(), keep, T0)
+        span = 2 * 86400  # two days of samples: 1m..1d windows all see several periods
+        times = np.sort(rng.uniform(0, span, n))
+        chunk_size = 500
+        # Every sample of a chunk is received at the chunk's first time.
+        times = times[(np.arange(n) // chunk_size) * chunk_size]
+        hosts = rng.integers(0, 4, n)
+        for start in range(0, n, chunk_size):
+            chunk = slice(start, start + chunk_size)
+            now = T0 + float(times[start])
+            for agg in (agg_a, agg_b):
+                agg.advance(now)
+            samples_a = [((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
+                         for v, h in zip(values[chunk], hosts[chunk], strict=True) if h < 2]
+            samples_b = [((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
+                         for v, h in zip(values[chunk], hosts[chunk], strict=True) if h >= 2]
+            agg_a.apply(Batch("default", samples_a, now))
+            agg_b.apply(Batch("default", samples_b, now))
+        for agg in (agg_a, agg_b):
+            agg.advance(T0 + span + 3 * 86400)
+        for granularity, seconds in (("1m", 60), ("5m", 300), ("1h", 3600), ("1d", 86400)):
+            query = Query("default", [f"acc.{label}"], T0 - 86400, T0 + span + 86400, granularity, limit=10000)
+            rows_a = {r["periodStart"]: r for r in run_query(agg_a, query)}
+            errors = []
+            period_of = ((T0 + times) // seconds).astype(np.int64)
+            for period in np.unique(period_of)[:: max(1, len(np.unique(period_of)) // 50)]:
+                inside = values[(period_of == period) & (hosts < 2)]
+                if len(inside) < 20:
+                    continue
+                from collectord.aggregation.query import iso
+                row = rows_a[iso(int(period) * seconds)]
+                for q in (50, 90, 95, 99):
+                    exact_lo = np.percentile(inside, q, method="lower")
+                    exact_hi = np.percentile(inside, q, method="higher")
+                    got = float(row[f"p{q}"])
+                    err = 0.0 if exact_lo <= got <= exact_hi else min(abs(got - exact_lo) / exact_lo, abs(got - exact_hi) / exact_hi)
+                    errors.append(err)
+            worst = max(worst, max(errors))
+            print(f"accuracy {label:<9} {granularity}: max relative error {max(errors) * 100:.3f}% over {len(errors)} percentiles")
+        # Merge across sketches built apart (two daemons' worth) and across all series: the day.
+        from collectord.aggregation.query import merge_cells
+        total = merge_cells([c for agg in (agg_a, agg_b) for s in agg.table.all_series() for c in s.levels[4].values()])
+        assert total is not None
+        for q, got in zip((50, 90, 95, 99), total.percentiles(), strict=True):
+            lo, hi = np.percentile(values, q, method="lower"), np.percentile(values, q, method="higher")
+            assert got is not None
+            err = 0.0 if lo <= got <= hi else min(abs(got - lo) / lo, abs(got - hi) / hi)
+            worst = max(worst, err)
+            print(f"accuracy {label:<9} all hosts, all days merged p{q}: exact [{lo:.4f}, {hi:.4f}] got {got:.4f} error {err * 100:.3f}%")
+    print(f"accuracy worst relative error: {worst * 100:.3f}% (bound 1%)")
+
+
+def _http_latency(url: str, rounds: int) -> list[float]:
+    timings = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+        timings.append((time.perf_counter() - began) * 1000)
+    return timings
+
+
+def query_latency(series: int = 1000, rounds: int = 200) -> None:
+    """24 h at 1m for one metric merged over 1,000 series, and 1 h of one series, over HTTP."""
+    config = """
+[aggregate]
+late_allowance = "1d"
+retention_1m = "2d"
+series_idle_expiry = "2d"
+[limits]
+max_tag_values_per_key = 1000
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp), config)
+        try:
+            now = int(time.time())
+            rng = random.Random(5)
+            with socket.create_connection(("127.0.0.1", daemon.statsd)) as conn:
+                for minute in range(1440):
+                    ts = now - 86400 + minute * 60 + 120
+                    lines = b"".join(
+                        b"q.latency:%d|ms|#host:h%d|T%d\n" % (rng.randrange(1, 500), s, ts) for s in range(series)
+                    )
+                    conn.sendall(lines)
+            daemon.wait_for(lambda: daemon.stats()["aggregation"]["samples"] >= 1440 * series, timeout=600)
+            print("query fed:", json.dumps(daemon.stats()["aggregation"]))
+            wide = daemon.url("/api/v1/query?metric=q.latency&start=-24h&granularity=1m&aggregation=P99&limit=1440")
+            one = daemon.url("/api/v1/query?metric=q.latency&start=-1h&granularity=1m&aggregation=P99&tag=host:h7")
+            _http_latency(wide, 5)
+            for label, url in (("24h at 1m, 1 metric over 1,000 series", wide), ("1h at 1m, one series", one)):
+                timings = sorted(_http_latency(url, rounds))
+                p50 = statistics.median(timings)
+                p99 = timings[int(len(timings) * 0.99) - 1]
+                with urllib.request.urlopen(url) as response:
+                    rows = len(json.loads(response.read())["data"])
+                print(f"query {label}: {rows} rows, p50 {p50:.2f} ms, p99 {p99:.2f} ms over {rounds} requests")
+        finally:
+            daemon.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["cost", "memory", "accuracy", "query", "all"])
+    args = parser.parse_args()
+    if args.what in ("cost", "all"):
+        cost()
+    if args.what in ("memory", "all"):
+        memory()
+    if args.what in ("accuracy", "all"):
+        accuracy()
+    if args.what in ("query", "all"):
+        query_latency()
+
+
+if __name__ == "__main__":
+    main()
