@@ -1,10 +1,10 @@
 """Aggregation costs: per sample by type, memory per series, percentile accuracy, query latency.
 
-    .venv/bin/python benchmarks/aggregate.py cost        # samples/s into the aggregation, one core
-    .venv/bin/python benchmarks/aggregate.py memory      # bytes per active series (100,000 series)
-    .venv/bin/python benchmarks/aggregate.py accuracy    # 1,000,000 skewed samples, every granularity and merge
-    .venv/bin/python benchmarks/aggregate.py query       # latency over real HTTP against the running daemon
-    .venv/bin/python benchmarks/aggregate.py all
+.venv/bin/python benchmarks/aggregate.py cost        # samples/s into the aggregation, one core
+.venv/bin/python benchmarks/aggregate.py memory      # bytes per active series (100,000 series)
+.venv/bin/python benchmarks/aggregate.py accuracy    # 1,000,000 skewed samples, every granularity and merge
+.venv/bin/python benchmarks/aggregate.py query       # latency over real HTTP against the running daemon
+.venv/bin/python benchmarks/aggregate.py all
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ T0 = 1_800_000_000
 def cost() -> None:
     """Pre-parsed batches of 25 samples over 1,000 series (keys interned as the parser does)."""
     rng = random.Random(1)
-    for label, kind in (("counter", KIND_COUNTER), ("gauge", KIND_GAUGE), ("histogram", KIND_HISTOGRAM), ("set", KIND_SET)):
+    for label, kind in (
+        ("counter", KIND_COUNTER),
+        ("gauge", KIND_GAUGE),
+        ("histogram", KIND_HISTOGRAM),
+        ("set", KIND_SET),
+    ):
         keys = [(f"bench.{label}.{i}", (("host", "web1"), ("region", "eu"))) for i in range(1000)]
         batches = []
         for b in range(40_000):
@@ -72,15 +77,23 @@ def memory(series: int = 100_000, samples_each: int = 20) -> None:
     agg = Aggregator(Limits(max_tag_values_per_key=1000), AggregationSettings(), T0)
     for round_ in range(samples_each):
         offset = round_ * series
-        agg.apply(Batch("default", [(k, KIND_HISTOGRAM, float(values[offset + i]), 1.0, None) for i, k in enumerate(keys)], T0 + 1))
+        agg.apply(
+            Batch(
+                "default",
+                [(k, KIND_HISTOGRAM, float(values[offset + i]), 1.0, None) for i, k in enumerate(keys)],
+                T0 + 1,
+            )
+        )
     gc.collect()
     open_slice = (_rss() - before) / series
     agg.advance(T0 + 61)  # the minute closes: slices roll into 1m (and up) cells
     gc.collect()
     after_rollup = (_rss() - before) / series
-    print(f"memory {series:,} histogram series, {samples_each} samples each: "
-          f"{open_slice:,.0f} B/series with the open slice, {after_rollup:,.0f} B/series after the minute rolled "
-          f"into 1m+5m+1h+1d cells (accounting says {agg.memory_bytes() / series:,.0f})")
+    print(
+        f"memory {series:,} histogram series, {samples_each} samples each: "
+        f"{open_slice:,.0f} B/series with the open slice, {after_rollup:,.0f} B/series after the minute rolled "
+        f"into 1m+5m+1h+1d cells (accounting says {agg.memory_bytes() / series:,.0f})"
+    )
 
 
 def accuracy(n: int = 1_000_000) -> None:
@@ -109,10 +122,16 @@ def accuracy(n: int = 1_000_000) -> None:
             now = T0 + float(times[start])
             for agg in (agg_a, agg_b):
                 agg.advance(now)
-            samples_a = [((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
-                         for v, h in zip(values[chunk], hosts[chunk], strict=True) if h < 2]
-            samples_b = [((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
-                         for v, h in zip(values[chunk], hosts[chunk], strict=True) if h >= 2]
+            samples_a = [
+                ((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
+                for v, h in zip(values[chunk], hosts[chunk], strict=True)
+                if h < 2
+            ]
+            samples_b = [
+                ((f"acc.{label}", (("host", str(h)),)), KIND_HISTOGRAM, float(v), 1.0, None)
+                for v, h in zip(values[chunk], hosts[chunk], strict=True)
+                if h >= 2
+            ]
             agg_a.apply(Batch("default", samples_a, now))
             agg_b.apply(Batch("default", samples_b, now))
         for agg in (agg_a, agg_b):
@@ -127,17 +146,26 @@ def accuracy(n: int = 1_000_000) -> None:
                 if len(inside) < 20:
                     continue
                 from collectord.aggregation.query import iso
+
                 row = rows_a[iso(int(period) * seconds)]
                 for q in (50, 90, 95, 99):
                     exact_lo = np.percentile(inside, q, method="lower")
                     exact_hi = np.percentile(inside, q, method="higher")
                     got = float(row[f"p{q}"])
-                    err = 0.0 if exact_lo <= got <= exact_hi else min(abs(got - exact_lo) / exact_lo, abs(got - exact_hi) / exact_hi)
+                    err = (
+                        0.0
+                        if exact_lo <= got <= exact_hi
+                        else min(abs(got - exact_lo) / exact_lo, abs(got - exact_hi) / exact_hi)
+                    )
                     errors.append(err)
             worst = max(worst, max(errors))
-            print(f"accuracy {label:<9} {granularity}: max relative error {max(errors) * 100:.3f}% over {len(errors)} percentiles")
+            print(
+                f"accuracy {label:<9} {granularity}: max relative error {max(errors) * 100:.3f}%"
+                f" over {len(errors)} percentiles"
+            )
         # Merge across sketches built apart (two daemons' worth) and across all series: the day.
         from collectord.aggregation.query import merge_cells
+
         total = merge_cells([c for agg in (agg_a, agg_b) for s in agg.table.all_series() for c in s.levels[4].values()])
         assert total is not None
         for q, got in zip((50, 90, 95, 99), total.percentiles(), strict=True):
@@ -145,7 +173,10 @@ def accuracy(n: int = 1_000_000) -> None:
             assert got is not None
             err = 0.0 if lo <= got <= hi else min(abs(got - lo) / lo, abs(got - hi) / hi)
             worst = max(worst, err)
-            print(f"accuracy {label:<9} all hosts, all days merged p{q}: exact [{lo:.4f}, {hi:.4f}] got {got:.4f} error {err * 100:.3f}%")
+            print(
+                f"accuracy {label:<9} all hosts, all days merged p{q}: exact [{lo:.4f}, {hi:.4f}]"
+                f" got {got:.4f} error {err * 100:.3f}%"
+            )
     print(f"accuracy worst relative error: {worst * 100:.3f}% (bound 1%)")
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ingest.py parsers          # lines/s per line shape, one core
     .venv/bin/python benchmarks/ingest.py udp [--rate 500000] [--seconds 10] [--shape counter]
     .venv/bin/python benchmarks/ingest.py tcp [--connections 50] [--total 1000000]
+    .venv/bin/python benchmarks/ingest.py fuzz [--packets 1000000]  # random and mutated packets
     .venv/bin/python benchmarks/ingest.py all               # everything above, the issue's numbers
 
 The load generator is `benchmarks/loadgen.c`, compiled here with the machine's cc; it sends
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,12 +69,24 @@ def source_drops(stats: dict[str, Any], source: str) -> int:
 
 def run_udp(rate: float, seconds: float, shape: str, lines_per_packet: int, series: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(Path(tmp), "[ingest]\nudp_receive_buffer = \"32MiB\"\n")
+        daemon = start_daemon(Path(tmp), '[ingest]\nudp_receive_buffer = "32MiB"\n')
         try:
             before = daemon.stats()
             sent = loadgen(
-                "--proto", "udp", "--port", str(daemon.statsd), "--rate", str(rate), "--seconds", str(seconds),
-                "--shape", shape, "--lines-per-packet", str(lines_per_packet), "--series", str(series),
+                "--proto",
+                "udp",
+                "--port",
+                str(daemon.statsd),
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+                "--shape",
+                shape,
+                "--lines-per-packet",
+                str(lines_per_packet),
+                "--series",
+                str(series),
             )
             after = settle(daemon)
         finally:
@@ -100,8 +115,20 @@ def run_tcp(connections: int, total: int, shape: str) -> dict[str, Any]:
             before = daemon.stats()
             began = time.monotonic()
             sent = loadgen(
-                "--proto", "tcp", "--port", str(daemon.statsd), "--connections", str(connections),
-                "--total", str(total), "--seconds", "600", "--shape", shape, "--lines-per-packet", "25",
+                "--proto",
+                "tcp",
+                "--port",
+                str(daemon.statsd),
+                "--connections",
+                str(connections),
+                "--total",
+                str(total),
+                "--seconds",
+                "600",
+                "--shape",
+                shape,
+                "--lines-per-packet",
+                "25",
             )
             after = settle(daemon, quiet=0.5)
             took = time.monotonic() - began
@@ -120,13 +147,73 @@ def run_tcp(connections: int, total: int, shape: str) -> dict[str, Any]:
     }
 
 
+def run_fuzz(packets: int) -> dict[str, Any]:
+    """Random and mutated packets at the StatsD and line listeners; the daemon must stay up
+    and its books balance (lines == accepted + rejected)."""
+    rng = random.Random(99)
+    seeds = [
+        b"a.b:1|c",
+        b"x:1.5|ms|@0.1|#k:v,k2:v2",
+        b"g:-3|g",
+        b"s:u1|s",
+        b"n,k=v:1|c",
+        b"m;k=v:1|h",
+        b"d:1:2:3|d|T1700000000",
+        b"_e{5,4}:title|text",
+        b"_sc|svc|0",
+        b"cpu,host=a usage=1.5,n=3i 1700000000000000000",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp))
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for i in range(packets):
+                    if i % 3 == 0:
+                        packet = rng.randbytes(rng.randint(1, 512))
+                    else:
+                        mutated = bytearray(b"\n".join(rng.choice(seeds) for _ in range(rng.randint(1, 30))))
+                        for _ in range(rng.randint(0, 8)):
+                            if not mutated:
+                                break
+                            position = rng.randrange(len(mutated))
+                            action = rng.randrange(3)
+                            if action == 0:
+                                mutated[position] = rng.getrandbits(8)
+                            elif action == 1:
+                                del mutated[position]
+                            else:
+                                mutated.insert(position, rng.choice(b':|#,=@\n\\ "T'))
+                        packet = bytes(mutated)
+                    sock.sendto(packet, ("127.0.0.1", daemon.statsd if i % 2 else daemon.line))
+                    if i % 5000 == 4999:
+                        # Flow control through the stats API: this measures robustness, not loss.
+                        while daemon.stats()["packets"] < i - 20000:
+                            time.sleep(0.01)
+            stats = settle(daemon)
+            alive = daemon.get("/healthz")[0] == 200
+        finally:
+            code = daemon.stop()
+    return {
+        "packets_sent": packets,
+        "packets_received": stats["packets"],
+        "lines": stats["lines"],
+        "accepted": stats["accepted"],
+        "rejected": stats["rejected"],
+        "balanced": stats["lines"] == stats["accepted"] + stats["rejected"],
+        "alive": alive,
+        "exit_code": code,
+        "reasons": stats["badLines"],
+    }
+
+
 def run_parsers() -> None:
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parsers.py")], check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["parsers", "udp", "tcp", "all"])
+    parser.add_argument("what", choices=["parsers", "udp", "tcp", "fuzz", "all"])
+    parser.add_argument("--packets", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=500_000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--shape", default="counter", choices=["counter", "timer", "gauge", "dogstatsd"])
@@ -141,6 +228,8 @@ def main() -> None:
         print(json.dumps(run_udp(args.rate, args.seconds, args.shape, args.lines_per_packet, args.series)))
     if args.what in ("tcp", "all"):
         print(json.dumps(run_tcp(args.connections, args.total, args.shape)))
+    if args.what in ("fuzz", "all"):
+        print(json.dumps(run_fuzz(args.packets)))
 
 
 if __name__ == "__main__":

@@ -36,10 +36,17 @@ def feed(agg: Aggregator, at: float, samples: list[Sample], tenant: str = "defau
     agg.apply(Batch(tenant, samples, at))
 
 
-def query(agg: Aggregator, name: str, granularity: str = "1m", start: float = T0 - 86400,
-          end: float = T0 + 86400 * 2, **kw: object) -> list[dict[str, object]]:
-    q = Query(tenant=str(kw.pop("tenant", "default")), metrics=[name], start=start, end=end,
-              granularity=granularity, **kw)  # type: ignore[arg-type]
+def query(
+    agg: Aggregator,
+    name: str,
+    granularity: str = "1m",
+    start: float = T0 - 86400,
+    end: float = T0 + 86400 * 2,
+    **kw: object,
+) -> list[dict[str, object]]:
+    q = Query(
+        tenant=str(kw.pop("tenant", "default")), metrics=[name], start=start, end=end, granularity=granularity, **kw
+    )  # type: ignore[arg-type]
     return run_query(agg, q)
 
 
@@ -114,11 +121,15 @@ def test_timestamped_samples_land_in_their_window_and_late_ones_are_dropped() ->
     agg = make(late=120.0)
     now = T0 + 3600
     agg.advance(now)
-    feed(agg, now, [
-        (("t", ()), KIND_COUNTER, 1.0, 1.0, float(now - 100)),   # within the allowance
-        (("t", ()), KIND_COUNTER, 5.0, 1.0, float(now - 1000)),  # too late
-        (("t", ()), KIND_COUNTER, 7.0, 1.0, float(now + 3600)),  # from the future
-    ])
+    feed(
+        agg,
+        now,
+        [
+            (("t", ()), KIND_COUNTER, 1.0, 1.0, float(now - 100)),  # within the allowance
+            (("t", ()), KIND_COUNTER, 5.0, 1.0, float(now - 1000)),  # too late
+            (("t", ()), KIND_COUNTER, 7.0, 1.0, float(now + 3600)),  # from the future
+        ],
+    )
     assert agg.counters.rejected == {"late": 1, "future_timestamp": 1}
     rows = query(agg, "t")
     assert [(r["periodStart"], r["sum"]) for r in rows] == [("2027-01-15T08:58:00.000Z", 1.0)]
@@ -160,11 +171,15 @@ def test_open_and_closed_windows_agree_after_rollup() -> None:
 
 def test_group_by_and_tag_filters() -> None:
     agg = make()
-    feed(agg, T0 + 1, [
-        (("req", (("code", "200"), ("host", "a"))), KIND_COUNTER, 1.0, 1.0, None),
-        (("req", (("code", "200"), ("host", "b"))), KIND_COUNTER, 2.0, 1.0, None),
-        (("req", (("code", "500"), ("host", "a"))), KIND_COUNTER, 4.0, 1.0, None),
-    ])
+    feed(
+        agg,
+        T0 + 1,
+        [
+            (("req", (("code", "200"), ("host", "a"))), KIND_COUNTER, 1.0, 1.0, None),
+            (("req", (("code", "200"), ("host", "b"))), KIND_COUNTER, 2.0, 1.0, None),
+            (("req", (("code", "500"), ("host", "a"))), KIND_COUNTER, 4.0, 1.0, None),
+        ],
+    )
     (total,) = query(agg, "req", aggregation="SUM")
     assert total["value"] == 7.0
     by_code = query(agg, "req", group_by=["code"], aggregation="SUM")
@@ -236,6 +251,7 @@ def test_property_counts_and_percentiles_survive_any_rollup_order(
         feed(agg, T0 + offset, [(("h", (("host", host),)), KIND_SUMMARY, value, 1.0, None)])
     rows = query(agg, "h", granularity=granularity)
     from collectord.aggregation.windows import GRANULARITY_SECONDS
+
     seconds = GRANULARITY_SECONDS[granularity]
     total = 0.0
     for row in rows:

@@ -95,7 +95,7 @@ line_tcp = "127.0.0.1:{line}"
 http = "127.0.0.1:{http}"
 
 [storage]
-data_dir = "{tmp / 'data'}"
+data_dir = "{tmp / "data"}"
 {extra_config}
 """
     )

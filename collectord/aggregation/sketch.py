@@ -1,0 +1,832 @@
+"""A mergeable quantile sketch with a relative-error guarantee (DDSketch-style).
+
+Guarantee: for any data and any q, `quantile(q)` lies within 1% relative error of an order
+statistic bracketing rank q*(W-1) (W = total weight), the same rank numpy's default 'linear'
+`percentile` uses; when the two bracketing samples share a sign it is also within 1% of
+`np.percentile` itself. The guarantee survives any number of `merge` calls and a
+`to_bytes`/`from_bytes` roundtrip, with two documented exceptions:
+
+- Values with |v| < ZERO_THRESHOLD (1e-9) are counted as exactly 0; their error is absolute
+  (< 1e-9), not relative. This keeps float noise such as 5.6e-17 from spreading the buckets.
+- Each sign keeps at most MAX_BUCKETS (4096) buckets, a value range of about 1.6e35. Beyond that
+  the buckets nearest the bottom of the distribution are collapsed: the smallest positive
+  values and the most negative values are reported as the smallest kept bucket. Only the lowest
+  quantiles (of each sign) are affected; this exists so hostile input cannot grow memory.
+
+How it works: a positive value v goes to bucket k = ceil(log_gamma(v)), gamma = (1+a)/(1-a), and
+is reported as 2*gamma**k/(gamma+1), which is within a of every value in that bucket. a is
+0.0099 rather than 0.01 so float rounding in the key computation cannot break the 1% promise.
+Negative values use the same buckets on |v| in a second store, keyed by -k so that both stores
+ascend with the value. Buckets are dense numpy arrays with an index offset.
+
+Counts are kept as integer multiples of a per-sketch unit weight, in the smallest unsigned dtype
+that holds the largest bucket (uint8, growing to uint16/32/64). Weights that are all integers
+(1, 10) or all the same fraction (1/0.3 = 3.333...) stay exact and compact; a mix of unrelated
+fractional weights switches the sketch once to float64 counts. Equality and merging look only at
+the weights the buckets represent, never at the representation.
+
+Note: `add` uses math.log and `add_many` numpy's log. They agree bit for bit on common builds;
+where a numpy build's log differs in the last ulp, a value within ~1e-15 of a bucket boundary
+may land in the neighbouring bucket, which the error bound tolerates.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Sequence
+from math import ceil as _ceil
+from math import log as _log
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MAX_BUCKETS",
+    "MAX_WEIGHT",
+    "RELATIVE_ACCURACY",
+    "ZERO_THRESHOLD",
+    "Sketch",
+    "SketchDecodeError",
+]
+
+RELATIVE_ACCURACY: Final = 0.0099
+"""Internal alpha; callers are promised 1%, the gap absorbs float rounding."""
+ZERO_THRESHOLD: Final = 1e-9
+"""Values with a smaller magnitude are counted as 0."""
+MAX_BUCKETS: Final = 4096
+"""Bucket cap per sign (about 1.6e35 of value range)."""
+MAX_WEIGHT: Final = 1e15
+"""Weights above this (a sample rate below 1e-15) are ignored, so totals stay finite."""
+
+FORMAT_VERSION: Final = 1
+
+_GAMMA: Final = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
+_LOG_GAMMA: Final = math.log(_GAMMA)
+_INV_LOG_GAMMA: Final = 1.0 / _LOG_GAMMA
+# log of the factor 2/(gamma+1) that puts a bucket's value where the error is symmetric.
+_LOG_VALUE_FACTOR: Final = math.log(2.0 / (_GAMMA + 1.0))
+_LOG_FLOAT_MAX: Final = math.log(sys.float_info.max)
+_INF: Final = math.inf
+# Per-bucket bound on decoded float weights: 8193 of them still sum to a finite total.
+_MAX_DECODED_WEIGHT: Final = 1e300
+
+# Key range of positive values in [ZERO_THRESHOLD, float max]; used to reject hostile encodings.
+_KEY_MIN: Final = math.ceil(math.log(ZERO_THRESHOLD) * _INV_LOG_GAMMA) - 1
+_KEY_MAX: Final = math.ceil(_LOG_FLOAT_MAX * _INV_LOG_GAMMA) + 1
+
+# Extra buckets allocated beyond a new extreme, so the first samples of a fresh sketch do not
+# each reallocate; 32 buckets cost 32 bytes at uint8.
+_SLACK: Final = 32
+# Below this many values add_many loops over add: numpy's fixed cost per call is higher.
+_SMALL_BATCH: Final = 32
+# Largest integer increment per add; bigger weight ratios use float counts.
+_MAX_INCREMENT: Final = 1 << 32
+# Integer counts stay below this total so uint64 sums and collapses can never wrap.
+_INT_TOTAL_LIMIT: Final = float(1 << 62)
+# A store narrower than uint64 holds at most this total, so only uint64 stores need summing.
+_NARROW_TOTAL_BOUND: Final = float(MAX_BUCKETS * ((1 << 32) - 1))
+_U64_MAX: Final = (1 << 64) - 1
+
+_UINT_RUNGS: Final = (
+    np.dtype(np.uint8),
+    np.dtype(np.uint16),
+    np.dtype(np.uint32),
+    np.dtype(np.uint64),
+)
+_LIMIT: Final = {dtype: int(np.iinfo(dtype).max) for dtype in _UINT_RUNGS}
+_U64: Final = np.dtype(np.uint64)
+_F64: Final = np.dtype(np.float64)
+
+# Encoded integer count widths (bytes) and their little-endian dtypes.
+_WIDTHS: Final = {dtype.itemsize: dtype.newbyteorder("<") for dtype in _UINT_RUNGS}
+
+_FLAG_FLOAT: Final = 0x01
+_FLAG_UNIT: Final = 0x02
+_F64_LE: Final = struct.Struct("<d")
+
+Counts = npt.NDArray[Any]
+
+# Shared by every empty store; never written to (stores are replaced, not resized).
+_EMPTY: Final[Counts] = np.zeros(0, dtype=np.uint8)
+_EMPTY.flags.writeable = False
+
+
+class SketchDecodeError(ValueError):
+    """Raised by Sketch.from_bytes for any malformed, truncated or hostile encoding."""
+
+
+def _rung_for(max_count: int) -> np.dtype[Any]:
+    for dtype in _UINT_RUNGS:
+        if max_count <= _LIMIT[dtype]:
+            return dtype
+    raise OverflowError(max_count)
+
+
+def _value_of_key(key: int) -> float:
+    """The reported value of positive-store bucket `key` (clamped to the float range)."""
+    return math.exp(min(key * _LOG_GAMMA + _LOG_VALUE_FACTOR, _LOG_FLOAT_MAX))
+
+
+def _trim(counts: Counts, lo: int) -> tuple[Counts, int]:
+    """The slice of `counts` between its first and last nonzero bucket, and its offset."""
+    nz = np.flatnonzero(counts)
+    if len(nz) == 0:
+        return _EMPTY, 0
+    first, last = int(nz[0]), int(nz[-1])
+    return counts[first : last + 1], lo + first
+
+
+def _place(dst: Counts, dst_lo: int, src: Counts, src_lo: int) -> None:
+    """Add `src` into `dst`; src buckets below dst's first key collapse into dst[0]."""
+    below = dst_lo - src_lo
+    if below > 0:
+        dst[0] += src[:below].sum(dtype=dst.dtype)
+        src = src[below:]
+        src_lo = dst_lo
+    start = src_lo - dst_lo
+    dst[start : start + len(src)] += src
+
+
+def _collapse_sum(
+    a: Counts, a_lo: int, b: Counts, b_lo: int, wide: np.dtype[Any]
+) -> tuple[Counts, int]:
+    """a + b as one store of dtype `wide`, collapsing keys more than MAX_BUCKETS - 1 below
+    the highest nonzero key into the lowest kept bucket. Returns the store and its first key.
+    """
+    a, a_lo = _trim(a, a_lo)
+    b, b_lo = _trim(b, b_lo)
+    ends = [(lo, lo + len(c) - 1) for c, lo in ((a, a_lo), (b, b_lo)) if len(c)]
+    hi = max(end for _, end in ends)
+    new_lo = max(min(start for start, _ in ends), hi - MAX_BUCKETS + 1)
+    merged = np.zeros(hi - new_lo + 1, dtype=wide)
+    for counts, lo in ((a, a_lo), (b, b_lo)):
+        if len(counts):
+            _place(merged, new_lo, counts.astype(wide), lo)
+    return merged, new_lo
+
+
+class Sketch:
+    """A quantile sketch: add values, merge sketches, ask quantiles within 1% relative error.
+
+    Not thread-safe. Values may be any finite float; NaN and +-inf are ignored, as are weights
+    outside (0, MAX_WEIGHT]. Equal sketches (==) hold the same weight per bucket.
+    """
+
+    __slots__ = ("_dtype", "_neg", "_neg_lo", "_pos", "_pos_lo", "_unit", "_zero")
+
+    _pos: Counts
+    _pos_lo: int
+    _neg: Counts
+    _neg_lo: int
+    # Weight of the zero bucket, in units (int) or weight (float, in float mode).
+    _zero: int | float
+    # Every count is a multiple of this weight; always 1.0 in float mode.
+    _unit: float
+    # Dtype of both stores: an unsigned rung, or float64 ("float mode").
+    _dtype: np.dtype[Any]
+
+    def __init__(self) -> None:
+        self._pos = _EMPTY
+        self._pos_lo = 0
+        self._neg = _EMPTY
+        self._neg_lo = 0
+        self._zero = 0
+        self._unit = 1.0
+        self._dtype = _UINT_RUNGS[0]
+
+    # ------------------------------------------------------------------ adding
+
+    def add(self, value: float, weight: float = 1.0) -> None:
+        """Count `value` with `weight` (1/sample_rate). Non-finite values are ignored."""
+        inc: int | float
+        if weight == self._unit:
+            inc = 1
+        else:
+            inc = self._increment(weight)
+            if not inc:
+                return
+        if ZERO_THRESHOLD <= value < _INF:
+            key = _ceil(_log(value) * _INV_LOG_GAMMA)
+            counts = self._pos
+            i = key - self._pos_lo
+            if 0 <= i < len(counts):
+                try:
+                    counts[i] = counts.item(i) + inc
+                    return
+                except OverflowError:
+                    pass  # the dtype is too narrow: _insert widens it
+            self._insert(True, key, inc)
+        elif -_INF < value <= -ZERO_THRESHOLD:
+            key = -_ceil(_log(-value) * _INV_LOG_GAMMA)
+            counts = self._neg
+            i = key - self._neg_lo
+            if 0 <= i < len(counts):
+                try:
+                    counts[i] = counts.item(i) + inc
+                    return
+                except OverflowError:
+                    pass
+            self._insert(False, key, inc)
+        elif -ZERO_THRESHOLD < value < ZERO_THRESHOLD:
+            self._zero += inc
+
+    def add_many(
+        self, values: Sequence[float] | npt.NDArray[np.floating[Any]], weight: float = 1.0
+    ) -> None:
+        """Count every value in `values`, each with `weight`; same result as add() in a loop."""
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        n = len(arr)
+        if n == 0:
+            return
+        if n < _SMALL_BATCH:
+            add = self.add
+            for v in arr.tolist():
+                add(v, weight)
+            return
+        inc = self._increment(weight)
+        if not inc:
+            return
+        if self._dtype is not _F64 and n * float(inc) >= _INT_TOTAL_LIMIT:
+            self._to_float()
+            inc = weight
+        low, high = arr.min().item(), arr.max().item()
+        # The common cases (all positive, all negative) skip the masks. Key bounds come from
+        # math.log with a margin of one bucket, in case numpy's log differs in the last ulp.
+        if low >= ZERO_THRESHOLD and high < _INF:
+            keys = np.log(arr)
+            keys *= _INV_LOG_GAMMA
+            np.ceil(keys, out=keys)
+            low_key = _ceil(_log(low) * _INV_LOG_GAMMA) - 1
+            high_key = _ceil(_log(high) * _INV_LOG_GAMMA) + 1
+            self._add_keys(True, keys, low_key, high_key, inc)
+            return
+        if low > -_INF and high <= -ZERO_THRESHOLD:
+            keys = np.log(-arr)
+            keys *= -_INV_LOG_GAMMA
+            np.floor(keys, out=keys)  # -ceil(x) == floor(-x)
+            low_key = -_ceil(_log(-low) * _INV_LOG_GAMMA) - 1
+            high_key = -_ceil(_log(-high) * _INV_LOG_GAMMA) + 1
+            self._add_keys(False, keys, low_key, high_key, inc)
+            return
+        pos = arr[(arr >= ZERO_THRESHOLD) & (arr < _INF)]
+        if len(pos):
+            keys = np.ceil(np.log(pos) * _INV_LOG_GAMMA)
+            self._add_keys(True, keys, int(keys.min()), int(keys.max()), inc)
+        neg = arr[(arr <= -ZERO_THRESHOLD) & (arr > -_INF)]
+        if len(neg):
+            keys = -np.ceil(np.log(-neg) * _INV_LOG_GAMMA)
+            self._add_keys(False, keys, int(keys.min()), int(keys.max()), inc)
+        zeros = int(np.count_nonzero(np.abs(arr) < ZERO_THRESHOLD))
+        if zeros:
+            self._zero += zeros * inc
+
+    def merge(self, other: Sketch) -> None:
+        """Add every bucket of `other` into this sketch; `other` is not changed.
+
+        Exact while counts are integers (integral or single-rate weights): the result equals
+        one sketch fed both inputs. Float counts (unrelated fractional weights) add with float
+        rounding.
+        """
+        if other.is_empty():
+            return
+        if self.is_empty():
+            # The common first merge into a fresh window or group: take a copy.
+            self._assign(other)
+            return
+        # astype copies, so `other` may be `self`.
+        o_pos, o_neg, o_zero = other._pos, other._neg, other._zero
+        o_total: float | None = None
+        if self._dtype is not _F64:
+            factor = None if other._dtype is _F64 else self._factor_for(other._unit)
+            if factor is None:
+                self._to_float()
+            else:
+                o_pos, o_neg = o_pos.astype(_U64), o_neg.astype(_U64)
+                if factor != 1:
+                    o_pos *= np.uint64(factor)
+                    o_neg *= np.uint64(factor)
+                o_zero = int(o_zero) * factor
+                if factor == 1 and other._dtype is not _U64:
+                    o_total = _NARROW_TOTAL_BOUND
+        if self._dtype is _F64:
+            o_pos = o_pos.astype(_F64) * other._unit
+            o_neg = o_neg.astype(_F64) * other._unit
+            o_zero = float(o_zero) * other._unit
+        if len(o_pos):
+            self._add_block(True, other._pos_lo, o_pos, o_total)
+        if len(o_neg):
+            self._add_block(False, other._neg_lo, o_neg, o_total)
+        self._zero += o_zero
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def count(self) -> float:
+        """Total weight added."""
+        total = float(self._pos.sum(dtype=_F64)) + float(self._neg.sum(dtype=_F64))
+        return (total + float(self._zero)) * self._unit
+
+    def is_empty(self) -> bool:
+        """True when nothing (with a valid value and weight) was added."""
+        return len(self._pos) == 0 and len(self._neg) == 0 and not self._zero
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0 <= q <= 1) within 1% relative error, or None when empty."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """quantile(q) for each q in `qs`, in one pass over the buckets."""
+        for q in qs:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+        if self.is_empty():
+            return [None] * len(qs)
+        neg, pos = self._neg, self._pos
+        # Buckets in value order: negative store, zero, positive store.
+        cum = np.concatenate((neg, (self._zero,), pos), dtype=_F64).cumsum()
+        units = float(cum[-1])
+        overflowed = not math.isfinite(units * self._unit)
+        max_rank = 0.0
+        if overflowed:
+            # Only merging absurd decoded weights gets here: rank on weight fractions instead.
+            cum /= units
+        else:
+            cum *= self._unit
+            max_rank = units * self._unit - 1.0
+        # Float weights leave rounding noise in ranks (45.000000000001 for 45); interpolating on
+        # that noise toward a far neighbour would add error, so near-integer ranks snap.
+        snap = 1e-12 * float(cum[-1])
+        fracs: list[float] = []
+        ranks: list[float] = []
+        for q in qs:
+            if overflowed:
+                fracs.append(0.0)
+                ranks += (q, q)
+                continue
+            rank = max(q * max_rank, 0.0)
+            nearest = round(rank)
+            if abs(rank - nearest) <= snap:
+                rank = float(nearest)
+            below = math.floor(rank)
+            fracs.append(rank - below)
+            ranks += (below, math.ceil(rank))
+        # The bucket holding the sample of a rank is the first whose running sum passes it.
+        found = cum.searchsorted(ranks, side="right").tolist()
+        last, n_neg, neg_lo, pos_lo = len(cum) - 1, len(neg), self._neg_lo, self._pos_lo
+
+        def value_of(idx: int) -> float:
+            if idx < n_neg:
+                return -_value_of_key(-(neg_lo + idx))
+            if idx == n_neg:
+                return 0.0
+            return _value_of_key(pos_lo + idx - n_neg - 1)
+
+        result: list[float | None] = []
+        for i, frac in enumerate(fracs):
+            lo, hi = min(found[2 * i], last), min(found[2 * i + 1], last)
+            v_lo = value_of(lo)
+            if lo == hi:
+                result.append(v_lo)
+            else:
+                # Interpolate like numpy's 'linear' method; this form cannot overflow.
+                result.append((1.0 - frac) * v_lo + frac * value_of(hi))
+        return result
+
+    def copy(self) -> Sketch:
+        """An independent sketch with the same buckets."""
+        clone = Sketch.__new__(Sketch)
+        clone._assign(self)
+        return clone
+
+    def nbytes(self) -> int:
+        """Bytes held by this sketch: the object plus its bucket arrays."""
+        size = sys.getsizeof(self)
+        for counts in (self._pos, self._neg):
+            if len(counts):
+                size += sys.getsizeof(counts)
+        return size
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sketch):
+            return NotImplemented
+        if float(self._zero) * self._unit != float(other._zero) * other._unit:
+            return False
+        for mine, theirs in (
+            ((self._pos, self._pos_lo), (other._pos, other._pos_lo)),
+            ((self._neg, self._neg_lo), (other._neg, other._neg_lo)),
+        ):
+            a, a_lo = _trim(*mine)
+            b, b_lo = _trim(*theirs)
+            if len(a) != len(b) or (len(a) and a_lo != b_lo):
+                return False
+            if self._unit == other._unit and self._dtype is not _F64 and other._dtype is not _F64:
+                if not np.array_equal(a, b):
+                    return False
+            elif not np.array_equal(a.astype(_F64) * self._unit, b.astype(_F64) * other._unit):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        buckets = int(np.count_nonzero(self._pos)) + int(np.count_nonzero(self._neg))
+        return f"Sketch(count={self.count!r}, buckets={buckets + (1 if self._zero else 0)})"
+
+    # ------------------------------------------------------------ serialising
+
+    def to_bytes(self) -> bytes:
+        """A compact, versioned encoding (first byte: format version); see from_bytes.
+
+        Layout (version 1), little-endian: version u8, flags u8 (1 = float64 counts,
+        2 = unit follows), [unit f64], zero count (LEB128 varint, or f64 with flag 1), then the
+        negative and the positive store, each as varint n and, when n > 0, a zigzag varint
+        first key, then either u8 width (1, 2, 4 or 8) and n unsigned counts of that width, or
+        with flag 1 n f64 counts. About one byte per bucket while no bucket exceeds 255.
+        """
+        # Counts are packed at one width per store (the narrowest holding its largest count),
+        # not as varints: a numpy varint body took ~50 us each way, this takes ~1 us, and with
+        # counts below 256 it is no larger.
+        is_float = self._dtype is _F64
+        if not is_float and self._zero > _U64_MAX:
+            # Only absurd weights get here; an encoded integer count holds 64 bits.
+            wide = self.copy()
+            wide._to_float()
+            return wide.to_bytes()
+        flags = (_FLAG_FLOAT if is_float else 0) | (_FLAG_UNIT if self._unit != 1.0 else 0)
+        out = bytearray((FORMAT_VERSION, flags))
+        if self._unit != 1.0:
+            out += _F64_LE.pack(self._unit)
+        if is_float:
+            out += _F64_LE.pack(float(self._zero))
+        else:
+            _put_varint(out, int(self._zero))
+        for counts, lo in ((self._neg, self._neg_lo), (self._pos, self._pos_lo)):
+            body, first = _trim(counts, lo)
+            _put_varint(out, len(body))
+            if len(body):
+                _put_varint(out, (first << 1) ^ (first >> 63))
+                if is_float:
+                    out += body.astype("<f8").tobytes()
+                else:
+                    width = _rung_for(int(body.max())).newbyteorder("<")
+                    out.append(width.itemsize)
+                    out += body.astype(width).tobytes()
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Sketch:
+        """Decode to_bytes output. Any malformed input raises SketchDecodeError, nothing else.
+
+        Accepts any bytes-like object (a database driver may hand back a memoryview).
+        Allocation is bounded by MAX_BUCKETS and by the input's length, whatever the header
+        claims.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SketchDecodeError(f"expected bytes, got {type(data).__name__}")
+        try:
+            return _decode(cls, bytes(data))
+        except SketchDecodeError:
+            raise
+        except Exception as exc:
+            # Hostile bytes must never surface as another exception type; the cause is kept.
+            raise SketchDecodeError(f"malformed sketch: {exc!r}") from exc
+
+    # --------------------------------------------------------------- internals
+
+    def _increment(self, weight: float) -> int | float:
+        """The count increment for `weight`, adjusting unit or dtype first; 0 = ignore."""
+        if not 0.0 < weight <= MAX_WEIGHT:
+            return 0
+        if self._dtype is _F64:
+            return float(weight)
+        if self.is_empty():
+            # The first weight becomes the unit, so a series with one sample rate (the usual
+            # case) takes add()'s fast path and counts samples, not weight, in its buckets.
+            self._unit = float(weight)
+            return 1
+        # Ratios below 1 (even ones that round to 0.0) must not count as integers.
+        ratio = weight / self._unit
+        if 1.0 <= ratio <= _MAX_INCREMENT and ratio.is_integer():
+            return int(ratio)
+        factor = self._unit / weight
+        if 1.0 <= factor <= _MAX_INCREMENT and factor.is_integer() and self._rescale(int(factor)):
+            self._unit = float(weight)
+            return 1
+        self._to_float()
+        return float(weight)
+
+    def _factor_for(self, other_unit: float) -> int | None:
+        """Make this (integer) sketch's unit divide `other_unit` and return other_unit / unit,
+        or None when no integer ratio exists (the caller then switches to float counts)."""
+        if other_unit == self._unit:
+            return 1
+        if self.is_empty():
+            self._unit = other_unit
+            return 1
+        ratio = other_unit / self._unit
+        if 1.0 <= ratio <= _MAX_INCREMENT and ratio.is_integer():
+            return int(ratio)
+        factor = self._unit / other_unit
+        if 1.0 <= factor <= _MAX_INCREMENT and factor.is_integer() and self._rescale(int(factor)):
+            self._unit = other_unit
+            return 1
+        return None
+
+    def _rescale(self, factor: int) -> bool:
+        """Multiply integer counts by `factor` (the unit shrinks); False if it would not fit."""
+        biggest = max(int(self._pos.max(initial=0)), int(self._neg.max(initial=0)))
+        total = float(self._pos.sum(dtype=_F64)) + float(self._neg.sum(dtype=_F64))
+        if (total + float(self._zero)) * factor >= _INT_TOTAL_LIMIT:
+            return False
+        dtype = max(self._dtype, _rung_for(biggest * factor), key=lambda d: d.itemsize)
+        scale = np.uint64(factor)
+        if len(self._pos):
+            self._pos = (self._pos.astype(_U64) * scale).astype(dtype)
+        if len(self._neg):
+            self._neg = (self._neg.astype(_U64) * scale).astype(dtype)
+        self._dtype = dtype
+        self._zero = int(self._zero) * factor
+        return True
+
+    def _to_float(self) -> None:
+        """Switch to float64 counts in weight units (once, when integers cannot be exact)."""
+        if self._dtype is _F64:
+            return
+        unit = self._unit
+        if len(self._pos):
+            self._pos = self._pos.astype(_F64) * unit
+        if len(self._neg):
+            self._neg = self._neg.astype(_F64) * unit
+        self._zero = float(self._zero) * unit
+        self._unit = 1.0
+        self._dtype = _F64
+
+    def _widen(self, needed: int | float) -> int | float:
+        """Widen both stores to hold a count of `needed`; return it in the new representation."""
+        if isinstance(needed, int) and needed <= _U64_MAX:
+            dtype = _rung_for(needed)
+            if len(self._pos):
+                self._pos = self._pos.astype(dtype)
+            if len(self._neg):
+                self._neg = self._neg.astype(dtype)
+            self._dtype = dtype
+            return needed
+        unit = self._unit
+        self._to_float()
+        return float(needed) * unit
+
+    def _fit(self, biggest: int) -> None:
+        """Widen the integer dtype, if needed, to hold a count of `biggest`."""
+        if self._dtype is not _F64 and biggest > _LIMIT[self._dtype]:
+            self._widen(biggest)
+
+    def _assign(self, other: Sketch) -> None:
+        """Become a copy of `other`."""
+        self._pos = other._pos.copy() if len(other._pos) else _EMPTY
+        self._pos_lo = other._pos_lo
+        self._neg = other._neg.copy() if len(other._neg) else _EMPTY
+        self._neg_lo = other._neg_lo
+        self._zero = other._zero
+        self._unit = other._unit
+        self._dtype = other._dtype
+
+    def _store(self, positive: bool) -> tuple[Counts, int]:
+        return (self._pos, self._pos_lo) if positive else (self._neg, self._neg_lo)
+
+    def _set_store(self, positive: bool, counts: Counts, lo: int) -> None:
+        if positive:
+            self._pos, self._pos_lo = counts, lo
+        else:
+            self._neg, self._neg_lo = counts, lo
+
+    def _insert(self, positive: bool, key: int, inc: int | float) -> None:
+        """add()'s slow path: grow or collapse the store, or widen the dtype, then count."""
+        counts, lo = self._store(positive)
+        if not lo <= key < lo + len(counts):
+            grown = self._grow(counts, lo, key)
+            if grown is None:
+                block = np.array([inc], dtype=_F64 if self._dtype is _F64 else _U64)
+                self._add_block(positive, key, block)
+                return
+            counts, lo = grown
+            self._set_store(positive, counts, lo)
+        i = key - lo
+        total = counts.item(i) + inc
+        try:
+            counts[i] = total
+        except OverflowError:
+            total = self._widen(total)
+            counts, _ = self._store(positive)
+            counts[i] = total
+
+    def _grow(self, counts: Counts, lo: int, key: int) -> tuple[Counts, int] | None:
+        """A copy of the store extended (with slack) to cover `key`; None if over the cap."""
+        n = len(counts)
+        if n == 0:
+            grown = np.zeros(2 * _SLACK + 1, dtype=self._dtype)
+            return grown, key - _SLACK
+        end = lo + n
+        if key < lo:
+            if end - key > MAX_BUCKETS:
+                return None
+            new_lo = max(key - _SLACK, end - MAX_BUCKETS)
+            grown = np.zeros(end - new_lo, dtype=self._dtype)
+            grown[lo - new_lo :] = counts
+            return grown, new_lo
+        if key + 1 - lo > MAX_BUCKETS:
+            return None
+        grown = np.zeros(min(key + 1 + _SLACK, lo + MAX_BUCKETS) - lo, dtype=self._dtype)
+        grown[:n] = counts
+        return grown, lo
+
+    def _add_keys(
+        self,
+        positive: bool,
+        keys: npt.NDArray[np.float64],
+        low_key: int,
+        high_key: int,
+        inc: int | float,
+    ) -> None:
+        """Count integral float `keys` (all >= low_key, <= high_key) with `inc` each."""
+        if high_key - low_key >= MAX_BUCKETS:
+            # Collapse now so bincount stays within the cap whatever the input range; the
+            # floor is conservative (high_key may be one too high), _add_block applies the rule.
+            low_key = high_key - MAX_BUCKETS - 1
+            np.maximum(keys, low_key, out=keys)
+        binned = np.bincount(keys.astype(np.int64) - low_key)
+        counts, lo = self._store(positive)
+        start = low_key - lo
+        narrow = self._dtype is not _F64 and self._dtype is not _U64
+        if narrow and start >= 0 and start + len(binned) <= len(counts):
+            # In range, narrow ints: add in int64 (cannot overflow), widen if a bucket outgrew.
+            end = start + len(binned)
+            if inc != 1:
+                binned *= int(inc)
+            binned += counts[start:end]
+            self._fit(int(binned.max()))
+            counts, _ = self._store(positive)
+            counts[start:end] = binned
+            return
+        wide = _F64 if self._dtype is _F64 else _U64
+        block: Counts = binned.astype(wide) * wide.type(inc)
+        self._add_block(positive, low_key, block, len(keys) * float(inc))
+
+    def _add_block(
+        self, positive: bool, b_lo: int, block: Counts, block_total: float | None = None
+    ) -> None:
+        """Add `block` (uint64 in units, or float64 weights in float mode) at key `b_lo`.
+
+        `block` holds at least one nonzero count; `block_total`, if given, bounds its sum
+        (which saves summing it for the overflow guard).
+        """
+        counts, lo = self._store(positive)
+        if self._dtype is not _F64:
+            if block_total is None:
+                block_total = float(block.sum(dtype=_F64))
+            narrow = self._dtype is not _U64
+            store_total = _NARROW_TOTAL_BOUND if narrow else float(counts.sum(dtype=_F64))
+            if store_total + block_total >= _INT_TOTAL_LIMIT:
+                unit = self._unit
+                self._to_float()
+                block = block.astype(_F64) * unit
+                counts, lo = self._store(positive)
+        wide = _F64 if self._dtype is _F64 else _U64
+        start = b_lo - lo
+        if len(counts) and start >= 0 and start + len(block) <= len(counts):
+            merged = counts[start : start + len(block)].astype(wide)
+            merged += block
+            if wide is _U64:
+                self._fit(int(merged.max()))
+                counts, _ = self._store(positive)
+            counts[start : start + len(block)] = merged
+            return
+        b_hi = b_lo + len(block) - 1
+        a_lo, a_hi = (lo, lo + len(counts) - 1) if len(counts) else (b_lo, b_hi)
+        new_lo, new_hi = min(a_lo, b_lo), max(a_hi, b_hi)
+        if new_hi - new_lo < MAX_BUCKETS:
+            # The union fits under the cap, so nothing can collapse: just grow, with slack on
+            # a side that grew (as add() does) so later batches reallocate less often.
+            if b_lo < a_lo:
+                new_lo = max(new_lo - _SLACK, new_hi - MAX_BUCKETS + 1)
+            if b_hi > a_hi:
+                new_hi = min(new_hi + _SLACK, new_lo + MAX_BUCKETS - 1)
+            merged = np.zeros(new_hi - new_lo + 1, dtype=wide)
+            merged[lo - new_lo : lo - new_lo + len(counts)] = counts
+            merged[b_lo - new_lo : b_lo - new_lo + len(block)] += block
+        else:
+            merged, new_lo = _collapse_sum(counts, lo, block, b_lo, wide)
+        if wide is _U64:
+            self._fit(int(merged.max()))
+        self._set_store(positive, merged.astype(self._dtype), new_lo)
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            raise SketchDecodeError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value > _U64_MAX:
+                raise SketchDecodeError("varint exceeds 64 bits")
+            return value, pos
+    raise SketchDecodeError("varint longer than 10 bytes")
+
+
+def _get_f64(data: bytes, pos: int) -> tuple[float, int]:
+    if pos + 8 > len(data):
+        raise SketchDecodeError("truncated float")
+    return _F64_LE.unpack_from(data, pos)[0], pos + 8
+
+
+def _decode(cls: type[Sketch], data: bytes) -> Sketch:
+    if len(data) < 2:
+        raise SketchDecodeError("too short")
+    if data[0] != FORMAT_VERSION:
+        raise SketchDecodeError(f"unknown sketch format version {data[0]}")
+    flags = data[1]
+    if flags & ~(_FLAG_FLOAT | _FLAG_UNIT) or flags == _FLAG_FLOAT | _FLAG_UNIT:
+        raise SketchDecodeError(f"bad flags {flags:#x}")
+    is_float = bool(flags & _FLAG_FLOAT)
+    pos = 2
+    unit = 1.0
+    if flags & _FLAG_UNIT:
+        unit, pos = _get_f64(data, pos)
+        if not 0.0 < unit <= MAX_WEIGHT:
+            raise SketchDecodeError("unit weight out of range")
+    zero: int | float
+    if is_float:
+        zero, pos = _get_f64(data, pos)
+        if not 0.0 <= zero <= _MAX_DECODED_WEIGHT:
+            raise SketchDecodeError("zero count out of range")
+    else:
+        zero, pos = _get_varint(data, pos)
+    stores: list[tuple[Counts, int]] = []
+    for positive in (False, True):
+        n, pos = _get_varint(data, pos)
+        if n == 0:
+            stores.append((_EMPTY, 0))
+            continue
+        if n > MAX_BUCKETS:
+            raise SketchDecodeError(f"{n} buckets exceed the cap of {MAX_BUCKETS}")
+        raw, pos = _get_varint(data, pos)
+        lo = (raw >> 1) ^ -(raw & 1)
+        key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
+        if lo < key_min or lo + n - 1 > key_max:
+            raise SketchDecodeError("bucket keys out of range")
+        counts: Counts
+        if is_float:
+            if pos + 8 * n > len(data):
+                raise SketchDecodeError("truncated counts")
+            counts = np.frombuffer(data, dtype="<f8", count=n, offset=pos).astype(_F64)
+            pos += 8 * n
+            if not ((counts >= 0.0) & (counts <= _MAX_DECODED_WEIGHT)).all():
+                raise SketchDecodeError("counts out of range")
+        else:
+            if pos >= len(data) or data[pos] not in _WIDTHS:
+                raise SketchDecodeError("bad count width")
+            width = data[pos]
+            pos += 1
+            if pos + width * n > len(data):
+                raise SketchDecodeError("truncated counts")
+            counts = np.frombuffer(data, dtype=_WIDTHS[width], count=n, offset=pos)
+            pos += width * n
+        stores.append(_trim(counts, lo))
+    if pos != len(data):
+        raise SketchDecodeError(f"{len(data) - pos} trailing bytes")
+
+    (neg, neg_lo), (pos_counts, pos_lo) = stores
+    sketch = cls()
+    sketch._unit = unit
+    sketch._zero = zero
+    if is_float:
+        dtype = _F64
+    else:
+        biggest = max(int(neg.max(initial=0)), int(pos_counts.max(initial=0)))
+        dtype = _rung_for(biggest)
+    sketch._dtype = dtype
+    sketch._neg, sketch._neg_lo = (neg.astype(dtype), neg_lo) if len(neg) else (_EMPTY, 0)
+    sketch._pos, sketch._pos_lo = (
+        (pos_counts.astype(dtype), pos_lo) if len(pos_counts) else (_EMPTY, 0)
+    )
+    if not is_float:
+        total = float(neg.sum(dtype=_F64)) + float(pos_counts.sum(dtype=_F64)) + float(zero)
+        if total >= _INT_TOTAL_LIMIT:
+            # Keep the invariant that integer totals cannot wrap uint64 arithmetic.
+            sketch._to_float()
+    return sketch
