@@ -232,7 +232,12 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = 32 << 20
     max_datagram: Annotated[
-        int, Meta(ge=512, le=65535, description="Largest UDP datagram read, in bytes.")
+        int,
+        Meta(
+            ge=512,
+            le=65535,
+            description="Largest UDP datagram accepted, in bytes; larger ones are dropped whole and counted.",
+        ),
     ] = 65535
     tcp_max_line: Annotated[
         Size,

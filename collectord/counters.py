@@ -20,3 +20,5 @@ class SourceCounters:
     idle_closed: int = 0
     lines_too_long: int = 0
     paused: int = 0
+    # Datagrams larger than ingest.max_datagram, dropped whole.
+    oversized: int = 0

@@ -51,14 +51,27 @@ class Daemon:
             if address:
                 self.datagram_sources.append(
                     await open_udp(
-                        name, address, parser, p.ring, tenant, ingest.udp_receive_buffer, p.counters_for(name)
+                        name,
+                        address,
+                        parser,
+                        p.ring,
+                        tenant,
+                        ingest.udp_receive_buffer,
+                        p.counters_for(name),
+                        ingest.max_datagram,
                     )
                 )
         if listen.statsd_unix:
             self.datagram_sources.append(
                 await open_unix_datagram(
-                    "statsd_unix", listen.statsd_unix, p.statsd_parser, p.ring, tenant,
-                    ingest.udp_receive_buffer, p.counters_for("statsd_unix"),
+                    "statsd_unix",
+                    listen.statsd_unix,
+                    p.statsd_parser,
+                    p.ring,
+                    tenant,
+                    ingest.udp_receive_buffer,
+                    p.counters_for("statsd_unix"),
+                    ingest.max_datagram,
                 )
             )
         settings = TcpSettings(ingest.tcp_max_line, ingest.tcp_idle_timeout, ingest.tcp_max_connections)
@@ -113,8 +126,12 @@ class Daemon:
                     example = stats.last_rejected.get(reason, b"")
                     log.warning(
                         "rejected lines",
-                        extra={"protocol": protocol, "reason": reason, "count": new,
-                               "example": example[:200].decode("utf-8", "backslashreplace")},
+                        extra={
+                            "protocol": protocol,
+                            "reason": reason,
+                            "count": new,
+                            "example": example[:200].decode("utf-8", "backslashreplace"),
+                        },
                     )
 
     async def stop(self) -> None:

@@ -48,6 +48,7 @@ def stats_document(pipeline: Pipeline, kernel_drops: KernelDrops) -> dict[str, o
             "idleClosed": c.idle_closed,
             "linesTooLong": c.lines_too_long,
             "backpressurePauses": c.paused,
+            "oversizedDatagrams": c.oversized,
         }
         for name, c in pipeline.sources.items()
     }

@@ -49,7 +49,10 @@ class DatagramSource:
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, parser: PacketParser, ring: Ring, tenant: str, counters: SourceCounters) -> None:
+    def __init__(
+        self, parser: PacketParser, ring: Ring, tenant: str, counters: SourceCounters, max_datagram: int
+    ) -> None:
+        self.max_datagram = max_datagram
         self.parser = parser
         self.ring = ring
         self.tenant = tenant
@@ -59,6 +62,9 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         counters = self.counters
         counters.packets += 1
         counters.bytes += len(data)
+        if len(data) > self.max_datagram:
+            counters.oversized += 1
+            return
         samples: list[Sample] = []
         self.parser.parse(data, samples)
         if samples and not self.ring.offer(Batch(self.tenant, samples, time.time())):
@@ -87,6 +93,7 @@ async def open_udp(
     tenant: str,
     receive_buffer: int,
     counters: SourceCounters,
+    max_datagram: int = 65535,
 ) -> DatagramSource:
     host, port = split_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,7 +102,7 @@ async def open_udp(
     effective = _raise_receive_buffer(sock, receive_buffer)
     sock.bind((host, port))
     sock.setblocking(False)
-    return await _attach(name, sock, parser, ring, tenant, counters, effective)
+    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram)
 
 
 async def open_unix_datagram(
@@ -106,6 +113,7 @@ async def open_unix_datagram(
     tenant: str,
     receive_buffer: int,
     counters: SourceCounters,
+    max_datagram: int = 65535,
 ) -> DatagramSource:
     socket_path = Path(path)
     if socket_path.is_socket():
@@ -115,7 +123,7 @@ async def open_unix_datagram(
     sock.bind(path)
     os.chmod(path, 0o666)  # any container process on the host may send
     sock.setblocking(False)
-    return await _attach(name, sock, parser, ring, tenant, counters, effective)
+    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram)
 
 
 async def _attach(
@@ -126,10 +134,11 @@ async def _attach(
     tenant: str,
     counters: SourceCounters,
     effective: int,
+    max_datagram: int,
 ) -> DatagramSource:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: _DatagramProtocol(parser, ring, tenant, counters), sock=sock
+        lambda: _DatagramProtocol(parser, ring, tenant, counters, max_datagram), sock=sock
     )
     log.info("listening", extra={"source": name, "address": str(sock.getsockname()), "receive_buffer": effective})
     return DatagramSource(name, sock, transport, counters, effective)

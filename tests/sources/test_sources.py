@@ -132,3 +132,22 @@ async def test_unix_datagram_socket(tmp_path: Path) -> None:
 def test_ring_refuses_a_useless_capacity(capacity: int) -> None:
     with pytest.raises(ValueError):
         Ring(capacity)
+
+
+async def test_datagrams_over_the_configured_maximum_are_dropped_whole() -> None:
+    ring = Ring(capacity=1000)
+    counters = SourceCounters()
+    source = await open_udp(
+        "statsd_udp", "127.0.0.1:0", StatsdParser(Limits()), ring, "default", 1 << 20, counters, max_datagram=600
+    )
+    port = source.sock.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"\n".join([b"big:1|c"] * 100), ("127.0.0.1", port))
+        sender.sendto(b"small:1|c", ("127.0.0.1", port))
+    for _ in range(100):
+        if counters.packets == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert counters.oversized == 1
+    assert [batch.samples[0][0][0] for batch in ring.drain()] == ["small"]
+    source.close()
