@@ -243,6 +243,8 @@ class Aggregator:
         slices, rolls them up, then rolls up coarser levels, prunes and expires."""
         self.now = max(self.now, now)
         view: list[FlushRecord] = []
+        if align(self.now, self.level_seconds[0]) <= self.rolled_until[0]:
+            return view  # no slice closed: nothing coarser can have closed either
         for level in range(LEVEL_COUNT - 1):
             length = self.level_seconds[level]
             boundary = align(self.now, length)
@@ -289,6 +291,22 @@ class Aggregator:
                 still_pending.add(series)
         self._pending[level] = still_pending
 
+    def rebuild_pending(self) -> None:
+        """Recompute which series hold cells not yet rolled up (after loading a checkpoint)."""
+        self._pending = [set() for _ in range(LEVEL_COUNT)]
+        everything = [*self.table.all_series(), *self.name_totals.values()]
+        for level in range(LEVEL_COUNT - 1):
+            boundary = self.rolled_until[level]
+            for series in everything:
+                if any(start >= boundary for start in series.levels[level]):
+                    self._pending[level].add(series)
+        for series in everything:
+            cells = series.levels[0]
+            if cells:
+                newest = max(cells)
+                series.slice_start, series.slice_cell = newest, cells[newest]
+        self._by_identity.clear()
+
     def _totals_for(self, series: Series) -> Series:
         key = (series.tenant, series.name)
         totals = self.name_totals.get(key)
@@ -301,8 +319,8 @@ class Aggregator:
         flushed = {id(record.series) for record in view}
         start = self.rolled_until[0] - self.level_seconds[0]
         out = []
-        for series in self.table.all_series():
-            if series.kind == KIND_GAUGE and id(series) not in flushed:
+        for series in self.table.gauges:
+            if id(series) not in flushed:
                 cell = Cell()
                 cell.last = series.last_value
                 out.append(FlushRecord(series, start, cell))

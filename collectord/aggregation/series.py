@@ -113,6 +113,8 @@ class SeriesTable:
         # (tenant, name) -> the series of that name, for queries by metric name.
         self.by_name: dict[tuple[str, str], dict[Tags, Series]] = {}
         self.count = 0
+        # Gauges, for re-emitting idle ones at each flush without walking every series.
+        self.gauges: set[Series] = set()
         self.rejected_by_metric: dict[tuple[str, str], int] = defaultdict(int)
 
     def tenant_table(self, tenant: str) -> dict[SeriesKey, Series]:
@@ -141,10 +143,24 @@ class SeriesTable:
             values = per_key.setdefault(tag_key, {})
             values[tag_value] = values.get(tag_value, 0) + 1
         series = Series(tenant, name, tags, kind, now)
+        if kind == KIND_GAUGE:
+            self.gauges.add(series)
         self.tenant_table(tenant)[key] = series
         self.by_name.setdefault((tenant, name), {})[tags] = series
         self.count += 1
         return series
+
+    def restore(self, series: Series) -> None:
+        """Register a series loaded from a checkpoint, bypassing the caps (it was admitted)."""
+        per_key = self._tag_values.setdefault((series.tenant, series.name), {})
+        for tag_key, tag_value in series.tags:
+            values = per_key.setdefault(tag_key, {})
+            values[tag_value] = values.get(tag_value, 0) + 1
+        self.tenant_table(series.tenant)[(series.name, series.tags)] = series
+        self.by_name.setdefault((series.tenant, series.name), {})[series.tags] = series
+        if series.kind == KIND_GAUGE:
+            self.gauges.add(series)
+        self.count += 1
 
     def remove(self, series: Series) -> None:
         tenant, name = series.tenant, series.name
@@ -152,6 +168,7 @@ class SeriesTable:
         if table is None or table.pop((name, series.tags), None) is None:
             return
         self.count -= 1
+        self.gauges.discard(series)
         named = self.by_name.get((tenant, name))
         if named is not None:
             named.pop(series.tags, None)

@@ -70,8 +70,9 @@ _INV_LOG_GAMMA: Final = 1.0 / _LOG_GAMMA
 _LOG_VALUE_FACTOR: Final = math.log(2.0 / (_GAMMA + 1.0))
 _LOG_FLOAT_MAX: Final = math.log(sys.float_info.max)
 _INF: Final = math.inf
-# Per-bucket bound on decoded float weights: 8193 of them still sum to a finite total.
-_MAX_DECODED_WEIGHT: Final = 1e300
+# Below this per bucket, 8193 buckets sum to a finite total. Decoded buckets must stay below it;
+# only merging absurd sketches exceeds it, and then count/quantiles take overflow-safe paths.
+_HUGE_WEIGHT: Final = 1e300
 
 # Key range of positive values in [ZERO_THRESHOLD, float max]; used to reject hostile encodings.
 _KEY_MIN: Final = math.ceil(math.log(ZERO_THRESHOLD) * _INV_LOG_GAMMA) - 1
@@ -326,6 +327,9 @@ class Sketch:
     @property
     def count(self) -> float:
         """Total weight added."""
+        if self._huge():
+            # Python float sums saturate at inf where numpy's would warn.
+            return float(sum(self._neg.tolist()) + float(self._zero) + sum(self._pos.tolist()))
         total = float(self._pos.sum(dtype=_F64)) + float(self._neg.sum(dtype=_F64))
         return (total + float(self._zero)) * self._unit
 
@@ -346,16 +350,16 @@ class Sketch:
             return [None] * len(qs)
         neg, pos = self._neg, self._pos
         # Buckets in value order: negative store, zero, positive store.
-        cum = np.concatenate((neg, (self._zero,), pos), dtype=_F64).cumsum()
-        units = float(cum[-1])
-        overflowed = not math.isfinite(units * self._unit)
-        max_rank = 0.0
+        weights = np.concatenate((neg, (self._zero,), pos), dtype=_F64)
+        overflowed = self._huge()
         if overflowed:
-            # Only merging absurd decoded weights gets here: rank on weight fractions instead.
-            cum /= units
-        else:
+            # Rank on fractions of the largest bucket, whose running sum cannot overflow.
+            weights /= weights.max()
+        cum = weights.cumsum()
+        max_rank = 0.0
+        if not overflowed:
             cum *= self._unit
-            max_rank = units * self._unit - 1.0
+            max_rank = float(cum[-1]) - 1.0
         # Float weights leave rounding noise in ranks (45.000000000001 for 45); interpolating on
         # that noise toward a far neighbour would add error, so near-integer ranks snap.
         snap = 1e-12 * float(cum[-1])
@@ -364,7 +368,7 @@ class Sketch:
         for q in qs:
             if overflowed:
                 fracs.append(0.0)
-                ranks += (q, q)
+                ranks += (q * float(cum[-1]),) * 2
                 continue
             rank = max(q * max_rank, 0.0)
             nearest = round(rank)
@@ -523,9 +527,6 @@ class Sketch:
         or None when no integer ratio exists (the caller then switches to float counts)."""
         if other_unit == self._unit:
             return 1
-        if self.is_empty():
-            self._unit = other_unit
-            return 1
         ratio = other_unit / self._unit
         if 1.0 <= ratio <= _MAX_INCREMENT and ratio.is_integer():
             return int(ratio)
@@ -582,6 +583,13 @@ class Sketch:
         """Widen the integer dtype, if needed, to hold a count of `biggest`."""
         if self._dtype is not _F64 and biggest > _LIMIT[self._dtype]:
             self._widen(biggest)
+
+    def _huge(self) -> bool:
+        """True if float counts could overflow when summed (only after absurd merges)."""
+        if self._dtype is not _F64:
+            return False
+        biggest = max(float(self._pos.max(initial=0.0)), float(self._neg.max(initial=0.0)))
+        return max(biggest, float(self._zero)) >= _HUGE_WEIGHT
 
     def _assign(self, other: Sketch) -> None:
         """Become a copy of `other`."""
@@ -714,7 +722,8 @@ class Sketch:
             if b_hi > a_hi:
                 new_hi = min(new_hi + _SLACK, new_lo + MAX_BUCKETS - 1)
             merged = np.zeros(new_hi - new_lo + 1, dtype=wide)
-            merged[lo - new_lo : lo - new_lo + len(counts)] = counts
+            if len(counts):
+                merged[lo - new_lo : lo - new_lo + len(counts)] = counts
             merged[b_lo - new_lo : b_lo - new_lo + len(block)] += block
         else:
             merged, new_lo = _collapse_sum(counts, lo, block, b_lo, wide)
@@ -772,7 +781,7 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
     zero: int | float
     if is_float:
         zero, pos = _get_f64(data, pos)
-        if not 0.0 <= zero <= _MAX_DECODED_WEIGHT:
+        if not 0.0 <= zero <= _HUGE_WEIGHT:
             raise SketchDecodeError("zero count out of range")
     else:
         zero, pos = _get_varint(data, pos)
@@ -795,7 +804,7 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
                 raise SketchDecodeError("truncated counts")
             counts = np.frombuffer(data, dtype="<f8", count=n, offset=pos).astype(_F64)
             pos += 8 * n
-            if not ((counts >= 0.0) & (counts <= _MAX_DECODED_WEIGHT)).all():
+            if not ((counts >= 0.0) & (counts <= _HUGE_WEIGHT)).all():
                 raise SketchDecodeError("counts out of range")
         else:
             if pos >= len(data) or data[pos] not in _WIDTHS:
