@@ -16,6 +16,7 @@ from collectord.config import Config, split_host_port
 from collectord.logs import setup_logging
 from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
+from collectord.ring import PAYLOAD_LINE, PAYLOAD_STATSD
 from collectord.sources.tcp import TcpSettings, TcpSource
 from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
 
@@ -43,11 +44,11 @@ class Daemon:
     async def start(self) -> None:
         listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
         tenant = ingest.tenant
-        datagram: list[tuple[str, str, PacketParser]] = [
-            ("statsd_udp", listen.statsd_udp, p.statsd_parser),
-            ("line_udp", listen.line_udp, p.line_parser),
+        datagram: list[tuple[str, str, PacketParser, int]] = [
+            ("statsd_udp", listen.statsd_udp, p.statsd_parser, PAYLOAD_STATSD),
+            ("line_udp", listen.line_udp, p.line_parser, PAYLOAD_LINE),
         ]
-        for name, address, parser in datagram:
+        for name, address, parser, kind in datagram:
             if address:
                 self.datagram_sources.append(
                     await open_udp(
@@ -59,6 +60,7 @@ class Daemon:
                         ingest.udp_receive_buffer,
                         p.counters_for(name),
                         ingest.max_datagram,
+                        kind,
                     )
                 )
         if listen.statsd_unix:
@@ -75,13 +77,13 @@ class Daemon:
                 )
             )
         settings = TcpSettings(ingest.tcp_max_line, ingest.tcp_idle_timeout, ingest.tcp_max_connections)
-        streams: list[tuple[str, str, PacketParser, ParseStats]] = [
-            ("statsd_tcp", listen.statsd_tcp, p.statsd_parser, p.statsd_stats),
-            ("line_tcp", listen.line_tcp, p.line_parser, p.line_stats),
+        streams: list[tuple[str, str, PacketParser, ParseStats, int]] = [
+            ("statsd_tcp", listen.statsd_tcp, p.statsd_parser, p.statsd_stats, PAYLOAD_STATSD),
+            ("line_tcp", listen.line_tcp, p.line_parser, p.line_stats, PAYLOAD_LINE),
         ]
-        for name, address, parser, stats in streams:
+        for name, address, parser, stats, kind in streams:
             if address:
-                source = TcpSource(name, parser, stats, p.ring, tenant, settings, p.counters_for(name))
+                source = TcpSource(name, parser, stats, p.ring, tenant, settings, p.counters_for(name), kind)
                 await source.start(address)
                 self.tcp_sources.append(source)
         app, stats_api = build_app(p, self.kernel_drops)

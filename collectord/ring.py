@@ -15,12 +15,22 @@ from typing import NamedTuple
 from collectord.model import Sample
 
 
+# What a batch's payload is, for the write-ahead log (replay parses it again).
+PAYLOAD_NONE = 0
+PAYLOAD_STATSD = 1
+PAYLOAD_LINE = 2
+PAYLOAD_SAMPLES = 3
+
+
 class Batch(NamedTuple):
-    """Samples parsed from one packet or read, for one tenant, received at one moment."""
+    """Samples parsed from one packet or read, for one tenant, received at one moment, with the
+    raw bytes they came from (logged as they are: cheaper than encoding the samples)."""
 
     tenant: str
     samples: list[Sample]
     received_at: float
+    kind: int = PAYLOAD_NONE
+    payload: bytes = b""
 
 
 class Ring:

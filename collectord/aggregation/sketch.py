@@ -151,9 +151,7 @@ def _place(dst: Counts, dst_lo: int, src: Counts, src_lo: int) -> None:
     dst[start : start + len(src)] += src
 
 
-def _collapse_sum(
-    a: Counts, a_lo: int, b: Counts, b_lo: int, wide: np.dtype[Any]
-) -> tuple[Counts, int]:
+def _collapse_sum(a: Counts, a_lo: int, b: Counts, b_lo: int, wide: np.dtype[Any]) -> tuple[Counts, int]:
     """a + b as one store of dtype `wide`, collapsing keys more than MAX_BUCKETS - 1 below
     the highest nonzero key into the lowest kept bucket. Returns the store and its first key.
     """
@@ -234,9 +232,7 @@ class Sketch:
         elif -ZERO_THRESHOLD < value < ZERO_THRESHOLD:
             self._zero += inc
 
-    def add_many(
-        self, values: Sequence[float] | npt.NDArray[np.floating[Any]], weight: float = 1.0
-    ) -> None:
+    def add_many(self, values: Sequence[float] | npt.NDArray[np.floating[Any]], weight: float = 1.0) -> None:
         """Count every value in `values`, each with `weight`; same result as add() in a loop."""
         arr = np.asarray(values, dtype=np.float64).ravel()
         n = len(arr)
@@ -682,9 +678,7 @@ class Sketch:
         block: Counts = binned.astype(wide) * wide.type(inc)
         self._add_block(positive, low_key, block, len(keys) * float(inc))
 
-    def _add_block(
-        self, positive: bool, b_lo: int, block: Counts, block_total: float | None = None
-    ) -> None:
+    def _add_block(self, positive: bool, b_lo: int, block: Counts, block_total: float | None = None) -> None:
         """Add `block` (uint64 in units, or float64 weights in float mode) at key `b_lo`.
 
         `block` holds at least one nonzero count; `block_total`, if given, bounds its sum
@@ -830,9 +824,7 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
         dtype = _rung_for(biggest)
     sketch._dtype = dtype
     sketch._neg, sketch._neg_lo = (neg.astype(dtype), neg_lo) if len(neg) else (_EMPTY, 0)
-    sketch._pos, sketch._pos_lo = (
-        (pos_counts.astype(dtype), pos_lo) if len(pos_counts) else (_EMPTY, 0)
-    )
+    sketch._pos, sketch._pos_lo = (pos_counts.astype(dtype), pos_lo) if len(pos_counts) else (_EMPTY, 0)
     if not is_float:
         total = float(neg.sum(dtype=_F64)) + float(pos_counts.sum(dtype=_F64)) + float(zero)
         if total >= _INT_TOTAL_LIMIT:

@@ -20,7 +20,7 @@ from collectord.config import split_host_port
 from collectord.counters import SourceCounters
 from collectord.model import Sample
 from collectord.protocols.parse_stats import ParseStats
-from collectord.ring import Batch, Ring
+from collectord.ring import PAYLOAD_STATSD, Batch, Ring
 from collectord.sources.udp import PacketParser
 
 log = logging.getLogger("collectord.sources.tcp")
@@ -96,7 +96,7 @@ class _LineConnection(asyncio.Protocol):
         samples: list[Sample] = []
         source.parser.parse(chunk, samples)
         if samples:
-            source.ring.force(Batch(source.tenant, samples, time.time()))
+            source.ring.force(Batch(source.tenant, samples, time.time(), source.payload_kind, chunk))
             if source.ring.full:
                 source.pause_all()
 
@@ -138,6 +138,7 @@ class TcpSource:
     tenant: str
     settings: TcpSettings
     counters: SourceCounters
+    payload_kind: int = PAYLOAD_STATSD
     connections: set[_LineConnection] = field(default_factory=set)
     server: asyncio.Server | None = None
     _resumer: asyncio.Task[None] | None = None

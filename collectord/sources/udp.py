@@ -20,7 +20,7 @@ from typing import Protocol
 from collectord.config import split_host_port
 from collectord.counters import SourceCounters
 from collectord.model import Sample
-from collectord.ring import Batch, Ring
+from collectord.ring import PAYLOAD_STATSD, Batch, Ring
 
 log = logging.getLogger("collectord.sources.udp")
 
@@ -50,9 +50,16 @@ class DatagramSource:
 
 class _DatagramProtocol(asyncio.DatagramProtocol):
     def __init__(
-        self, parser: PacketParser, ring: Ring, tenant: str, counters: SourceCounters, max_datagram: int
+        self,
+        parser: PacketParser,
+        ring: Ring,
+        tenant: str,
+        counters: SourceCounters,
+        max_datagram: int,
+        payload_kind: int,
     ) -> None:
         self.max_datagram = max_datagram
+        self.payload_kind = payload_kind
         self.parser = parser
         self.ring = ring
         self.tenant = tenant
@@ -67,7 +74,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
             return
         samples: list[Sample] = []
         self.parser.parse(data, samples)
-        if samples and not self.ring.offer(Batch(self.tenant, samples, time.time())):
+        if samples and not self.ring.offer(Batch(self.tenant, samples, time.time(), self.payload_kind, data)):
             counters.dropped_samples += len(samples)
 
     def error_received(self, exc: Exception) -> None:
@@ -94,6 +101,7 @@ async def open_udp(
     receive_buffer: int,
     counters: SourceCounters,
     max_datagram: int = 65535,
+    payload_kind: int = PAYLOAD_STATSD,
 ) -> DatagramSource:
     host, port = split_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -102,7 +110,7 @@ async def open_udp(
     effective = _raise_receive_buffer(sock, receive_buffer)
     sock.bind((host, port))
     sock.setblocking(False)
-    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram)
+    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram, payload_kind)
 
 
 async def open_unix_datagram(
@@ -114,6 +122,7 @@ async def open_unix_datagram(
     receive_buffer: int,
     counters: SourceCounters,
     max_datagram: int = 65535,
+    payload_kind: int = PAYLOAD_STATSD,
 ) -> DatagramSource:
     socket_path = Path(path)
     if socket_path.is_socket():
@@ -123,7 +132,7 @@ async def open_unix_datagram(
     sock.bind(path)
     os.chmod(path, 0o666)  # any container process on the host may send
     sock.setblocking(False)
-    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram)
+    return await _attach(name, sock, parser, ring, tenant, counters, effective, max_datagram, payload_kind)
 
 
 async def _attach(
@@ -135,10 +144,11 @@ async def _attach(
     counters: SourceCounters,
     effective: int,
     max_datagram: int,
+    payload_kind: int,
 ) -> DatagramSource:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: _DatagramProtocol(parser, ring, tenant, counters, max_datagram), sock=sock
+        lambda: _DatagramProtocol(parser, ring, tenant, counters, max_datagram, payload_kind), sock=sock
     )
     log.info("listening", extra={"source": name, "address": str(sock.getsockname()), "receive_buffer": effective})
     return DatagramSource(name, sock, transport, counters, effective)

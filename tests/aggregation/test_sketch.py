@@ -224,6 +224,39 @@ def test_merge_is_exact_bucket_addition_and_leaves_other_alone() -> None:
     assert a.count == 2 * (len(a_values) + len(b_values))
 
 
+# Integers and binary fractions: every path (shared unit, rescaled unit, float counts) sums them
+# exactly, so merged and one-shot sketches must be equal whatever the order.
+exact_weights = st.sampled_from([1.0, 2.0, 10.0, 20.0, 0.5, 0.25, 4.0])
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    pairs=st.lists(st.tuples(mixed, exact_weights), min_size=1, max_size=300),
+    parts=st.integers(1, 4),
+)
+def test_merge_of_differently_weighted_sketches_equals_one_sketch(
+    data: st.DataObject, pairs: list[tuple[float, float]], parts: int
+) -> None:
+    labels = data.draw(st.lists(st.integers(0, parts - 1), min_size=len(pairs), max_size=len(pairs)))
+    pieces = [Sketch() for _ in range(parts)]
+    for (value, weight), label in zip(pairs, labels, strict=True):
+        pieces[label].add(value, weight)
+    merged = Sketch()
+    for piece in pieces:
+        merged.merge(piece)
+    whole = Sketch()
+    for value, weight in pairs:
+        whole.add(value, weight)
+    assert merged == whole
+    for weight in {w for _, w in pairs}:
+        batch = [v for v, w in pairs if w == weight]
+        whole.add_many(batch * (40 // len(batch) + 1), weight)  # big enough for numpy's path
+        merged.add_many(batch * (40 // len(batch) + 1), weight)
+    assert merged == whole
+    assert Sketch.from_bytes(merged.to_bytes()) == whole
+
+
 def test_windows_built_from_minute_sketches() -> None:
     rng = np.random.default_rng(11)
     minutes = [rng.lognormal(math.log(0.05), 1.0, int(rng.integers(0, 400))) for _ in range(60)]
@@ -360,13 +393,37 @@ def test_counts_widen_without_wrapping(weight: float) -> None:
     assert Sketch.from_bytes(sketch.to_bytes()) == sketch
 
 
-def test_uint8_overflow_in_add_and_add_many() -> None:
-    one_by_one = sketch_of([5.0] * 1000)
+@pytest.mark.parametrize("value", [5.0, -5.0])
+def test_uint8_overflow_in_add_and_add_many(value: float) -> None:
+    one_by_one = sketch_of([value] * 1000)
     batched = Sketch()
     for _ in range(10):
-        batched.add_many([5.0] * 100)
+        batched.add_many([value] * 100)
     assert one_by_one == batched
     assert one_by_one.count == 1000
+
+
+def test_huge_integer_counts_merge_into_float_counts() -> None:
+    # One bucket of 2**61 (width-8 body); doubling it would near uint64's range, so the sum
+    # switches to float counts instead of wrapping.
+    data = b"\x01\x00\x00\x00\x01\x00\x08" + struct.pack("<Q", 2**61)
+    sketch = Sketch.from_bytes(data)
+    sketch.merge(sketch)
+    sketch.merge(Sketch.from_bytes(data))
+    assert sketch.count == 3 * 2.0**61
+    assert sketch.quantile(0.5) == pytest.approx(1.0, rel=PROMISED)
+
+
+def test_absurd_total_weight_still_answers() -> None:
+    data = b"\x01\x01" + struct.pack("<d", 0.0) + b"\x00\x02\x00" + struct.pack("<dd", 1e300, 1e300)
+    sketch = Sketch.from_bytes(data)
+    for _ in range(27):
+        sketch.merge(sketch)  # each bucket ends at 1.3e308: finite, but their sum is not
+    assert math.isinf(sketch.count)
+    # Buckets 0 and 1: values just below and just above 1.
+    low, high = sketch.quantiles([0.0, 1.0])
+    assert low is not None and high is not None
+    assert 0.98 < low < 1.0 < high < 1.02
 
 
 # --------------------------------------------------------------- edge cases
@@ -447,6 +504,10 @@ def test_copy_is_independent() -> None:
     assert original == sketch_of([1.0, 2.0, -3.0])
     assert clone != original
     assert original != "not a sketch"
+    assert sketch_of([0.0]) != sketch_of([0.0, 0.0])
+    assert sketch_of([1.0]) != sketch_of([1.1])
+    assert sketch_of([1.0], 0.5) != sketch_of([1.0], 1.0)
+    assert repr(original) == "Sketch(count=3.0, buckets=3)"
 
 
 def test_single_value_every_quantile() -> None:
@@ -569,6 +630,7 @@ def varint(value: int) -> bytes:
         b"\x01\x02" + struct.pack("<d", -2.0) + b"\x00\x00\x00",
         b"\x01\x01" + struct.pack("<d", math.inf) + b"\x00\x00",
         b"\x01\x00" + b"\xff" * 11 + b"\x00\x00",  # overlong varint
+        b"\x01\x00" + b"\xff" * 9 + b"\x7f\x00\x00",  # varint beyond 64 bits
         b"\x01\x00\x00\x00" + varint(2**60) + b"\x00\x01",  # absurd bucket count
         b"\x01\x00\x00\x00" + varint(MAX_BUCKETS + 1) + b"\x00" + b"\x01" * (MAX_BUCKETS + 1),
         b"\x01\x00\x00\x00\x01" + varint(2**62) + b"\x01\x01",  # key far out of range
