@@ -20,17 +20,14 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collectord",
-        description="Metrics collector daemon: StatsD, DogStatsD and InfluxDB line protocol in, "
-        "aggregates out.",
+        description="Metrics collector daemon: StatsD, DogStatsD and InfluxDB line protocol in, aggregates out.",
         epilog="COLLECTORD_<SECTION>_<KEY> environment variables override config keys.",
     )
     parser.add_argument("--version", action="version", version=f"collectord {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument(
-        "-c", "--config", metavar="FILE", help="TOML config file (default: embedded defaults)"
-    )
+    run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: embedded defaults)")
 
     config = commands.add_parser("config", help="write or check a config file")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")

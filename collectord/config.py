@@ -157,9 +157,7 @@ Size = Annotated[int, Meta(extra={"kind": "size", "type": "size"})]
 _PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
 _HOST = r"(?:\[[0-9A-Fa-f:.]+(?:%[0-9A-Za-z._-]+)?\]|[0-9A-Za-z](?:[0-9A-Za-z.-]*[0-9A-Za-z])?)"
 ADDRESS_PATTERN = rf"^(?:{_HOST}:{_PORT})?$"
-Address = Annotated[
-    str, Meta(pattern=ADDRESS_PATTERN, extra={"type": "address", "expected": '"host:port"'})
-]
+Address = Annotated[str, Meta(pattern=ADDRESS_PATTERN, extra={"type": "address", "expected": '"host:port"'})]
 
 TENANT_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 TenantName = Annotated[
@@ -184,18 +182,12 @@ Secret = Annotated[str, Meta(extra={"secret": True})]
 class Listen(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Listener addresses: "host:port" ("[::1]:8125" for IPv6); "" disables a listener."""
 
-    statsd_udp: Annotated[Address, Meta(description="StatsD / DogStatsD over UDP.")] = (
+    statsd_udp: Annotated[Address, Meta(description="StatsD / DogStatsD over UDP.")] = "127.0.0.1:8125"
+    statsd_tcp: Annotated[Address, Meta(description="StatsD / DogStatsD over TCP, one line per '\\n'.")] = (
         "127.0.0.1:8125"
     )
-    statsd_tcp: Annotated[
-        Address, Meta(description="StatsD / DogStatsD over TCP, one line per '\\n'.")
-    ] = "127.0.0.1:8125"
-    line_udp: Annotated[Address, Meta(description="InfluxDB line protocol over UDP.")] = (
-        "127.0.0.1:8089"
-    )
-    line_tcp: Annotated[Address, Meta(description="InfluxDB line protocol over TCP.")] = (
-        "127.0.0.1:8089"
-    )
+    line_udp: Annotated[Address, Meta(description="InfluxDB line protocol over UDP.")] = "127.0.0.1:8089"
+    line_tcp: Annotated[Address, Meta(description="InfluxDB line protocol over TCP.")] = "127.0.0.1:8089"
     http: Annotated[
         Address,
         Meta(
@@ -208,8 +200,7 @@ class Listen(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             pattern=r"^(?:/.*)?$",
             max_length=107,
-            description="StatsD / DogStatsD over a Unix datagram socket at this absolute path; "
-            '"" disables.',
+            description='StatsD / DogStatsD over a Unix datagram socket at this absolute path; "" disables.',
             extra={"type": "path", "expected": 'an absolute path of at most 107 characters or ""'},
         ),
     ] = ""
@@ -251,8 +242,7 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Duration,
         Meta(
             ge=0,
-            description="A TCP connection that sends nothing for this long is closed; "
-            "0 never closes.",
+            description="A TCP connection that sends nothing for this long is closed; 0 never closes.",
         ),
     ] = 300.0
     tcp_max_connections: Annotated[
@@ -274,10 +264,7 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 2_000_000
     container_id: Annotated[
         Literal["tag", "drop"],
-        Meta(
-            description='DogStatsD "|c:<container-id>": "tag" keeps it as the container_id tag, '
-            '"drop" ignores it.'
-        ),
+        Meta(description='DogStatsD "|c:<container-id>": "tag" keeps it as the container_id tag, "drop" ignores it.'),
     ] = "tag"
     line_precision: Annotated[
         Literal["ns", "us", "ms", "s"],
@@ -324,18 +311,10 @@ class Aggregate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "in-memory windows, freeing its place under limits.max_series.",
         ),
     ] = 86400.0
-    retention_1m: Annotated[
-        Duration, Meta(gt=0, description="How long 1-minute aggregates are kept.")
-    ] = 6 * 3600.0
-    retention_5m: Annotated[
-        Duration, Meta(gt=0, description="How long 5-minute aggregates are kept.")
-    ] = 2 * 86400.0
-    retention_1h: Annotated[
-        Duration, Meta(gt=0, description="How long 1-hour aggregates are kept.")
-    ] = 14 * 86400.0
-    retention_1d: Annotated[
-        Duration, Meta(gt=0, description="How long 1-day aggregates are kept.")
-    ] = 90 * 86400.0
+    retention_1m: Annotated[Duration, Meta(gt=0, description="How long 1-minute aggregates are kept.")] = 6 * 3600.0
+    retention_5m: Annotated[Duration, Meta(gt=0, description="How long 5-minute aggregates are kept.")] = 2 * 86400.0
+    retention_1h: Annotated[Duration, Meta(gt=0, description="How long 1-hour aggregates are kept.")] = 14 * 86400.0
+    retention_1d: Annotated[Duration, Meta(gt=0, description="How long 1-day aggregates are kept.")] = 90 * 86400.0
     emit_idle_gauges: Annotated[
         bool,
         Meta(
@@ -357,6 +336,41 @@ class Storage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"type": "path"},
         ),
     ] = ""
+    wal: Annotated[
+        bool,
+        Meta(
+            description="Append every accepted batch to the write-ahead log before it changes memory, "
+            "so a crash or kill -9 loses nothing acknowledged; false keeps everything in memory only.",
+        ),
+    ] = True
+    fsync: Annotated[
+        Literal["never", "interval", "always"],
+        Meta(
+            description="When the log is forced to disk: never (the OS decides), interval (every "
+            "fsync_interval), always (before every HTTP acknowledgement and every batch). Bounds "
+            "what a power failure can lose; kill -9 loses nothing written under any policy.",
+        ),
+    ] = "interval"
+    fsync_interval: Annotated[
+        Duration, Meta(gt=0, description='How often the log is fsynced with fsync = "interval".')
+    ] = 1.0
+    segment_size: Annotated[Size, Meta(ge=1 << 20, description="Log segments rotate at this size.")] = 64 << 20
+    checkpoint_interval: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How often the whole aggregation state is written to a checkpoint (and the "
+            "log before it deleted); also written at every clean stop.",
+        ),
+    ] = 60.0
+    stop_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long a clean stop may take to drain and flush before it exits anyway "
+            "(nothing accepted is lost: it is in the log).",
+        ),
+    ] = 30.0
 
     def resolve_data_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """The directory to use: `data_dir`, else systemd's, else the XDG state directory."""
@@ -416,9 +430,7 @@ class Influx(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"expected": 'an "http://" or "https://" URL or ""'},
         ),
     ] = ""
-    token: Annotated[Secret, Meta(description="API token; pass it as COLLECTORD_INFLUX_TOKEN.")] = (
-        ""
-    )
+    token: Annotated[Secret, Meta(description="API token; pass it as COLLECTORD_INFLUX_TOKEN.")] = ""
     org: Annotated[str, Meta(description="Organization; required when url is set.")] = ""
     bucket: Annotated[str, Meta(description="Bucket; required when url is set.")] = ""
 
@@ -444,17 +456,14 @@ class Token(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         str,
         Meta(
             pattern=r"^[0-9a-fA-F]{64}$",
-            description="Hex SHA-256 of the token (printf %s TOKEN | sha256sum); "
-            "the token itself is never stored.",
+            description="Hex SHA-256 of the token (printf %s TOKEN | sha256sum); the token itself is never stored.",
             extra={"expected": "64 hex digits"},
         ),
     ]
     tenant: Annotated[TenantName, Meta(description="Tenant the token reads and writes.")]
     role: Annotated[
         Literal["writer", "reader", "admin"],
-        Meta(
-            description="writer records, reader queries and streams, admin does both and deletes."
-        ),
+        Meta(description="writer records, reader queries and streams, admin does both and deletes."),
     ]
 
     def __post_init__(self) -> None:
@@ -479,12 +488,8 @@ class Auth(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The daemon's own log, written to stderr."""
 
-    level: Annotated[
-        Literal["debug", "info", "warning", "error"], Meta(description="Lowest level written.")
-    ] = "info"
-    format: Annotated[
-        Literal["logfmt", "json"], Meta(description="logfmt for people, json for collectors.")
-    ] = "logfmt"
+    level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level written.")] = "info"
+    format: Annotated[Literal["logfmt", "json"], Meta(description="logfmt for people, json for collectors.")] = "logfmt"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -514,9 +519,7 @@ _LIMITS_DESCRIPTIONS: dict[str, str] = {
     "max_series": "Active series per daemon; new series beyond it are rejected and counted.",
 }
 
-_SECTION_STRUCTS: dict[str, type[msgspec.Struct]] = {
-    f.name: f.type for f in msgspec.structs.fields(Config)
-}
+_SECTION_STRUCTS: dict[str, type[msgspec.Struct]] = {f.name: f.type for f in msgspec.structs.fields(Config)}
 
 
 # --- addresses --------------------------------------------------------------------------------
@@ -836,9 +839,7 @@ class _Loader:
             return self.error(segments, detail[:1].lower() + detail[1:])
         return self.mismatch(segments, tp, _value_at(raw, segments))
 
-    def _dict_entry_error(
-        self, segments: list[str | int], raw: Any, prepared: Any, *, key: bool
-    ) -> ConfigError:
+    def _dict_entry_error(self, segments: list[str | int], raw: Any, prepared: Any, *, key: bool) -> ConfigError:
         """msgspec names no entry of a dict; find the first bad one."""
         table_segments = segments[: segments.index("...")] if "..." in segments else segments
         table_type = _unwrap(_type_at(table_segments))[0]
@@ -847,9 +848,7 @@ class _Loader:
             try:
                 msgspec.convert(name, key_type)
             except msgspec.ValidationError:
-                return self.error(
-                    table_segments, f"key {_show(name)}: expected {_expected(key_type)}"
-                )
+                return self.error(table_segments, f"key {_show(name)}: expected {_expected(key_type)}")
             if key:
                 continue
             try:
@@ -877,9 +876,7 @@ class _Loader:
             if address and split_host_port(address)[1] != 0:
                 other = used.setdefault((transport, address), key)
                 if other != key:
-                    raise self.error(
-                        ["listen", key], f"{_show(address)} is already used by listen.{other}"
-                    )
+                    raise self.error(["listen", key], f"{_show(address)} is already used by listen.{other}")
         interval = config.aggregate.flush_interval
         if interval not in VALID_FLUSH_INTERVALS:
             # The 1m windows are built from whole flush slices, so a slice must tile a minute.
@@ -920,9 +917,7 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("", "invalid TOML: not UTF-8", source=source) from None
 
 
-def load_config(
-    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
     """The Config from the TOML file at `path` (None: the defaults), then the environment's
     `COLLECTORD_<SECTION>_<KEY>` overrides (`environ`, default os.environ).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 import uvloop
@@ -43,6 +44,8 @@ class Daemon:
 
     async def start(self) -> None:
         listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
+        # Recover before listening: nothing new may be applied before the old is back.
+        p.recover()
         tenant = ingest.tenant
         datagram: list[tuple[str, str, PacketParser, int]] = [
             ("statsd_udp", listen.statsd_udp, p.statsd_parser, PAYLOAD_STATSD),
@@ -109,13 +112,22 @@ class Daemon:
 
     async def _tick(self) -> None:
         since_log = 0.0
+        since_checkpoint = 0.0
+        journal = self.pipeline.journal
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.pipeline.advance()
             since_log += TICK_SECONDS
+            since_checkpoint += TICK_SECONDS
             if since_log >= REJECTION_LOG_EVERY:
                 since_log = 0.0
                 self._log_rejections()
+            if journal is not None:
+                journal.tick()
+                due = since_checkpoint >= self.config.storage.checkpoint_interval
+                if (due or journal.needs_checkpoint) and journal.healthy:
+                    since_checkpoint = 0.0
+                    self.pipeline.checkpoint()
 
     def _log_rejections(self) -> None:
         """One line per reason per period at most: never a line per bad sample."""
@@ -137,7 +149,7 @@ class Daemon:
                     )
 
     async def stop(self) -> None:
-        """Stop reading, hand every read line to aggregation, close the side port."""
+        """Stop reading, log and apply every read line, checkpoint, close the side port."""
         for datagram in self.datagram_sources:
             datagram.close()
         for source in self.tcp_sources:
@@ -148,23 +160,37 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.pipeline.advance()
+        if self.pipeline.journal is not None:
+            self.pipeline.checkpoint()
+            self.pipeline.journal.close()
         if self.runner is not None:
             await self.runner.cleanup()
         log.info("stopped", extra={"samples": self.pipeline.aggregator.counters.samples})
 
+    def _signalled(self) -> None:
+        if self.stopping.is_set():
+            # A second signal: stop at once. Everything accepted is in the log already.
+            log.warning("second stop signal: exiting without a final checkpoint")
+            os._exit(1)
+        self.stopping.set()
+
     async def serve_until_signalled(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stopping.set)
+            loop.add_signal_handler(signum, self._signalled)
         try:
             await self.start()
         except OSError as error:
-            log.error("cannot bind a listener", extra={"error": str(error)})
+            log.error("cannot start", extra={"error": str(error)})
             await self.stop()
             return 1
         await self.stopping.wait()
         log.info("stopping")
-        await self.stop()
+        try:
+            await asyncio.wait_for(self.stop(), timeout=self.config.storage.stop_timeout)
+        except TimeoutError:
+            log.error("clean stop timed out; exiting (the write-ahead log holds what was accepted)")
+            return 1
         return 0
 
 

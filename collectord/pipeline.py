@@ -18,7 +18,8 @@ from collectord.model import MetricType
 from collectord.protocols.line import LineParser
 from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import Ring
+from collectord.ring import Batch, Ring
+from collectord.storage.journal import Journal
 
 
 def aggregation_settings(config: Config) -> AggregationSettings:
@@ -64,11 +65,35 @@ class Pipeline:
             types=line_types,
             stats=self.line_stats,
         )
-        self.aggregator = Aggregator(config.limits, aggregation_settings(config), clock.now())
+        self.aggregator = self.new_aggregator()
+        self.journal: Journal | None = Journal(config) if config.storage.wal else None
         self.sources: dict[str, SourceCounters] = {}
         self.kernel_drops: dict[str, object] = {}
         self.flush = FlushStats()
         self.last_view: list[FlushRecord] = []
+
+    def new_aggregator(self) -> Aggregator:
+        return Aggregator(self.config.limits, aggregation_settings(self.config), self.clock.now())
+
+    def recover(self) -> None:
+        """Load the newest checkpoint and replay the write-ahead log after it."""
+        if self.journal is not None:
+            self.aggregator = self.journal.recover(self.new_aggregator)
+            self.aggregator.advance(self.clock.now())
+
+    def checkpoint(self) -> bool:
+        if self.journal is None:
+            return False
+        self.catch_up()
+        return self.journal.checkpoint(self.aggregator)
+
+    def write_acknowledged(self, batch: Batch) -> None:
+        """For writes that are answered (HTTP): logged before applied, or JournalUnavailable.
+        Queued batches go first so the log's order is the order of application."""
+        self.catch_up()
+        if self.journal is not None:
+            self.journal.log_acknowledged(batch)
+        self.aggregator.apply(batch)
 
     def counters_for(self, source: str) -> SourceCounters:
         counters = self.sources.get(source)
@@ -79,6 +104,10 @@ class Pipeline:
     def catch_up(self) -> int:
         """Apply every queued batch; returns how many samples were applied."""
         batches = self.ring.drain()
+        if not batches:
+            return 0
+        if self.journal is not None:
+            self.journal.log_batches(batches)
         apply = self.aggregator.apply
         applied = 0
         for batch in batches:

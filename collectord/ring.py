@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 from collectord.model import Sample
 
-
 # What a batch's payload is, for the write-ahead log (replay parses it again).
 PAYLOAD_NONE = 0
 PAYLOAD_STATSD = 1

@@ -71,9 +71,7 @@ class Aggregator:
 
     def __init__(self, limits: Limits, settings: AggregationSettings, now: float) -> None:
         if settings.flush_interval not in VALID_FLUSH_INTERVALS:
-            raise ValueError(
-                f"aggregate.flush_interval must divide a minute: one of {VALID_FLUSH_INTERVALS} s"
-            )
+            raise ValueError(f"aggregate.flush_interval must divide a minute: one of {VALID_FLUSH_INTERVALS} s")
         self.settings = settings
         self.table = SeriesTable(limits)
         self.level_seconds = (settings.flush_interval, 60, 300, 3600, 86400)
@@ -156,9 +154,7 @@ class Aggregator:
             applied += 1
         self.counters.samples += applied
 
-    def _apply_one(
-        self, tenant: str, table: dict[tuple[str, Tags], Series], sample: Sample, received: float
-    ) -> int:
+    def _apply_one(self, tenant: str, table: dict[tuple[str, Tags], Series], sample: Sample, received: float) -> int:
         key, kind, value, weight, ts = sample
         when = received if ts is None else ts
         if when < received - self.settings.late_allowance:
@@ -267,9 +263,11 @@ class Aggregator:
         still_pending: set[Series] = set()
         for series in pending:
             cells = series.levels[level]
-            starts = sorted(s for s in cells if old <= s < boundary) if level == 0 else [
-                s for s in range(old, boundary, length) if s in cells
-            ]
+            starts = (
+                sorted(s for s in cells if old <= s < boundary)
+                if level == 0
+                else [s for s in range(old, boundary, length) if s in cells]
+            )
             totals = self._totals_for(series) if level == 0 else None
             for start in starts:
                 cell = cells[start]
@@ -404,9 +402,7 @@ class Aggregator:
                         parts.append(found)
         return parts
 
-    def matching_series(
-        self, tenant: str, name: str, tag_filter: Iterable[tuple[str, str]]
-    ) -> list[Series]:
+    def matching_series(self, tenant: str, name: str, tag_filter: Iterable[tuple[str, str]]) -> list[Series]:
         wanted = tuple(tag_filter)
         named = self.table.by_name.get((tenant, name))
         if not named:
@@ -421,6 +417,4 @@ class Aggregator:
         return out
 
     def memory_bytes(self) -> int:
-        return sum(s.nbytes() for s in self.table.all_series()) + sum(
-            t.nbytes() for t in self.name_totals.values()
-        )
+        return sum(s.nbytes() for s in self.table.all_series()) + sum(t.nbytes() for t in self.name_totals.values())

@@ -142,9 +142,7 @@ def run_query(aggregator: Aggregator, query: Query) -> list[dict[str, object]]:
                 parts = [cell for s in members for cell in aggregator.read(s, level, start)]
                 merged = merge_cells(parts)
                 if merged is not None and not merged.is_empty:
-                    rows.append(
-                        build_row(name, metric_type, start, seconds, merged, tags, query.aggregation)
-                    )
+                    rows.append(build_row(name, metric_type, start, seconds, merged, tags, query.aggregation))
     rows.sort(key=lambda row: str(row["periodStart"]))
     if len(rows) > query.limit:
         rows = rows[-query.limit :]

@@ -8,6 +8,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import error_middleware
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
+from collectord.api.write_api import WriteApi
 from collectord.pipeline import Pipeline
 
 MAX_BODY = 4 * 1024 * 1024
@@ -20,4 +21,5 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     stats = StatsApi(pipeline, kernel_drops)
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())
+    app.add_routes(WriteApi(pipeline, auth).routes())
     return app, stats

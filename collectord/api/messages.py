@@ -76,6 +76,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "This token's role ({role}) may not do this; it needs {needed}",
         "Rola tego tokenu ({role}) nie pozwala na tę operację; wymagana: {needed}",
     ),
+    "invalid_metric": (
+        "Invalid metric: {reason}",
+        "Nieprawidłowa metryka: {reason}",
+    ),
+    "invalid_batch": (
+        'Invalid batch (expected {{"metrics": [1..500 metrics]}}): {reason}',
+        'Nieprawidłowa paczka (oczekiwano {{"metrics": [1..500 metryk]}}): {reason}',
+    ),
+    "invalid_precision": (
+        "precision must be one of ns, us, ms, s (v1: n, u, ms, s), got {value}",
+        "Precyzja musi być jedną z: ns, us, ms, s (v1: n, u, ms, s); podano {value}",
+    ),
+    "invalid_line": (
+        "Line {number} was rejected ({reason}); the other lines were kept",
+        "Linia {number} została odrzucona ({reason}); pozostałe linie zapisano",
+    ),
+    "storage_unavailable": (
+        "The daemon cannot store writes right now (its data directory is full or unwritable); nothing was kept",
+        "Demon nie może teraz zapisywać danych (katalog danych jest pełny lub niezapisywalny); nic nie zapisano",
+    ),
     "internal": (
         "Internal error; the daemon keeps running (see its log)",
         "Błąd wewnętrzny; demon działa dalej (szczegóły w jego logu)",

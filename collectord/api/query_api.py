@@ -15,8 +15,21 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import json_response
 from collectord.pipeline import Pipeline
 
-CSV_COLUMNS = ("metricName", "periodStart", "periodEnd", "count", "sum", "min", "max", "avg",
-               "p50", "p90", "p95", "p99", "value")
+CSV_COLUMNS = (
+    "metricName",
+    "periodStart",
+    "periodEnd",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "p50",
+    "p90",
+    "p95",
+    "p99",
+    "value",
+)
 
 
 class QueryApi:

@@ -81,6 +81,7 @@ def stats_document(pipeline: Pipeline, kernel_drops: KernelDrops) -> dict[str, o
             "series": aggregator.table.count,
             "maxSeries": aggregator.table.limits.max_series,
         },
+        "wal": pipeline.journal.stats() if pipeline.journal is not None else None,
         "flush": {
             "interval": aggregator.settings.flush_interval,
             "flushes": flush.flushes,
@@ -171,7 +172,8 @@ class StatsApi:
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         ring = self.pipeline.ring
-        checks = {"listeners": self.ready, "ring": not ring.full}
+        journal = self.pipeline.journal
+        checks = {"listeners": self.ready, "ring": not ring.full, "storage": journal is None or journal.healthy}
         ok = all(checks.values())
         return json_response({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
 

@@ -128,8 +128,7 @@ class LineParser:
         self.stats = stats if stats is not None else ParseStats()
         self._scale = precision_scale(precision)
         self._kinds: dict[str, int] = {
-            name: KIND_OF_TYPE[MetricType(metric_type)]
-            for name, metric_type in (types or {}).items()
+            name: KIND_OF_TYPE[MetricType(metric_type)] for name, metric_type in (types or {}).items()
         }
         self._series: dict[bytes, _Series] = {}
         self._cache_weight = 0
@@ -137,9 +136,7 @@ class LineParser:
         # Raw tag section (",k=v,k2=v2", still escaped) -> validated Tags.
         self._tag_sets: dict[bytes, Tags] = {}
 
-    def parse(
-        self, packet: bytes, out: list[Sample], *, precision: str | None = None
-    ) -> Rejection | None:
+    def parse(self, packet: bytes, out: list[Sample], *, precision: str | None = None) -> Rejection | None:
         """Append the packet's samples to `out`; return its first rejected line, or None.
 
         `precision` overrides the parser's default for this packet (HTTP /write passes the
@@ -209,8 +206,7 @@ class LineParser:
                             # Up to 18 digits always fit int64 and uint64; longer ones, and
                             # negative unsigned, get the exact checks of the slow path.
                             if len(body) <= 18 and (
-                                body.isdigit()
-                                or (last == _I and body[:1] == b"-" and body[1:].isdigit())
+                                body.isdigit() or (last == _I and body[:1] == b"-" and body[1:].isdigit())
                             ):
                                 value = float(body)
                             else:
@@ -241,9 +237,7 @@ class LineParser:
         stats.accepted += accepted
         return first
 
-    def _parse_line(
-        self, line: bytes, out: list[Sample], multiplier: int, divisor: int
-    ) -> str | None:
+    def _parse_line(self, line: bytes, out: list[Sample], multiplier: int, divisor: int) -> str | None:
         """The slow path for one line: None if accepted, _BLANK if blank or a comment,
         else the rejection reason. Samples are appended only when the whole line is good."""
         text = line.strip()

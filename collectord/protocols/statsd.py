@@ -144,9 +144,7 @@ class StatsdParser:
                     value = _NAN
                 # value - value == 0.0 rejects nan and inf; isdigit() is the cheap test for
                 # the common integer value, translate() the full one ("1_0", " 1" fail it).
-                if value - value == 0.0 and (
-                    raw.isdigit() or not raw.translate(None, NUMBER_BYTES)
-                ):
+                if value - value == 0.0 and (raw.isdigit() or not raw.translate(None, NUMBER_BYTES)):
                     kind = template[1]
                     if kind == KIND_GAUGE and (raw[0] == _PLUS or raw[0] == _MINUS):
                         kind = KIND_GAUGE_DELTA
@@ -189,9 +187,7 @@ class StatsdParser:
             self._remember(line, template, samples)
         return None
 
-    def _parse_metric(
-        self, text: bytes, cacheable: bool
-    ) -> tuple[list[Sample], _Template | None]:
+    def _parse_metric(self, text: bytes, cacheable: bool) -> tuple[list[Sample], _Template | None]:
         """Parse a stripped metric line; the template comes back only when it may be cached."""
         colon = text.find(b":")
         if colon < 0:
@@ -259,9 +255,7 @@ class StatsdParser:
                 raise Invalid("bad_timestamp")
             timestamp = float(timestamp_raw)
 
-        samples: list[Sample] = [
-            (key, sample_kind, value, weight, timestamp) for sample_kind, value in values
-        ]
+        samples: list[Sample] = [(key, sample_kind, value, weight, timestamp) for sample_kind, value in values]
         # Timestamped lines differ on every send: caching them would only evict useful entries.
         template = (key, kind, weight) if timestamp is None else None
         return samples, template

@@ -54,6 +54,22 @@ class RunningDaemon:
             body, status, kind = error.read(), error.code, error.headers.get("Content-Type", "")
         return status, json.loads(body) if "json" in kind else body.decode()
 
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(self.url(path), data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                payload, status = response.read(), response.status
+                kind = response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as error:
+            payload, status, kind = error.read(), error.code, error.headers.get("Content-Type", "")
+        return status, json.loads(payload) if "json" in kind else payload.decode()
+
+    def total(self, metric: str, start: str = "-3h") -> float:
+        """The SUM of a metric over recent hours, merged over every series."""
+        status, body = self.get(f"/api/v1/query?metric={metric}&start={start}&granularity=1h&aggregation=SUM")
+        assert status == 200, body
+        return float(sum(row["value"] for row in body["data"]))
+
     def stats(self) -> dict[str, Any]:
         status, body = self.get("/api/v1/stats")
         assert status == 200, body
@@ -78,12 +94,27 @@ class RunningDaemon:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.statsd, self.line, self.http
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def start_daemon(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None) -> RunningDaemon:
-    statsd, line, http = free_port(), free_port(), free_port()
+def start_daemon(
+    tmp: Path,
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
+    ports: tuple[int, int, int] | None = None,
+) -> RunningDaemon:
+    """Start the daemon with its data in tmp/data; `ports` (statsd, line, http) to restart one
+    where it was."""
+    statsd, line, http = ports or (free_port(), free_port(), free_port())
     config = tmp / "collectord.toml"
     config.write_text(
         f"""
@@ -99,7 +130,7 @@ data_dir = "{tmp / "data"}"
 {extra_config}
 """
     )
-    log_path = tmp / "daemon.log"
+    log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "collectord", "run", "--config", str(config)],
@@ -108,7 +139,7 @@ data_dir = "{tmp / "data"}"
         env=full_env,
     )
     daemon = RunningDaemon(process, statsd, line, http, config, log_path)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"daemon exited with {process.returncode}:\n{daemon.log()}")
@@ -120,4 +151,4 @@ data_dir = "{tmp / "data"}"
             pass
         time.sleep(0.05)
     process.kill()
-    raise AssertionError(f"daemon not ready in 20 s:\n{daemon.log()}")
+    raise AssertionError(f"daemon not ready in 60 s:\n{daemon.log()}")

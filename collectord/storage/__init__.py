@@ -1,0 +1,1 @@
+"""The embedded store on local disk: the write-ahead log and checkpoints of the aggregation state."""

@@ -1,0 +1,287 @@
+"""The durable path: the write-ahead log and checkpoints around the aggregation state.
+
+Order of work for every batch: append to the log, commit (one write), then apply to memory.
+Start-up is: newest valid checkpoint, then the log after its position, parsed again exactly as
+it was the first time (untimestamped samples keep their original receive time, so they land in
+the same windows). Replayed lines are not counted again in the ingest counters.
+
+Disk trouble (full, read-only, I/O errors) makes the journal unhealthy: HTTP writes are refused
+with 503 rather than acknowledged, UDP/TCP samples go on into memory (they were never
+acknowledged) and the log is retried on every tick; once it writes again a checkpoint is taken
+at once, so what arrived during the trouble is covered too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from collectord.aggregation.aggregator import Aggregator
+from collectord.config import Config
+from collectord.model import MetricType, Sample
+from collectord.protocols.line import LineParser
+from collectord.protocols.statsd import StatsdParser
+from collectord.ring import PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.storage.checkpoint import CheckpointError, CheckpointStore, capture, restore
+from collectord.storage.wal import WalError, WalPosition, WriteAheadLog
+
+log = logging.getLogger("collectord.storage")
+
+# While the disk is in trouble, how often it is probed, and with how much (about what a
+# commit needs).
+PROBE_EVERY = 0.5
+PROBE_BYTES = 64 * 1024
+
+
+class JournalUnavailable(RuntimeError):
+    """The log cannot take writes now (disk full or unwritable)."""
+
+
+def encode_samples(samples: list[Sample]) -> bytes:
+    return msgspec.msgpack.encode(samples)
+
+
+def decode_samples(payload: bytes) -> list[Sample]:
+    raw = msgspec.msgpack.decode(payload)
+    out: list[Sample] = []
+    for (name, tags), kind, value, weight, ts in raw:
+        key = (name, tuple((k, v) for k, v in tags))
+        out.append((key, kind, value, weight, ts))
+    return out
+
+
+@dataclass
+class RecoveryStats:
+    checkpoint: str | None = None
+    checkpoint_position: WalPosition | None = None
+    checkpoints_refused: int = 0
+    replayed_records: int = 0
+    replayed_samples: int = 0
+    seconds: float = 0.0
+    wal_truncated_bytes: int = 0
+
+
+class Journal:
+    def __init__(self, config: Config) -> None:
+        storage = config.storage
+        self.directory = storage.resolve_data_dir()
+        self.config = config
+        self.wal = WriteAheadLog(
+            self.directory / "wal",
+            segment_bytes=storage.segment_size,
+            fsync=storage.fsync,
+            fsync_interval=storage.fsync_interval,
+        )
+        self.checkpoints = CheckpointStore(self.directory / "checkpoints")
+        self.healthy = True
+        self.last_error: str | None = None
+        self.skipped_batches = 0
+        # Set when batches were skipped during disk trouble: the next checkpoint covers them.
+        self.needs_checkpoint = False
+        self._last_probe = 0.0
+        self.recovery = RecoveryStats()
+        self.last_checkpoint_at = 0.0
+        self.last_checkpoint_seconds = 0.0
+
+    # ------------------------------------------------------------------ start-up
+
+    def recover(self, make_aggregator: Any) -> Aggregator:
+        """Open the log, load the newest valid checkpoint, replay the log after it."""
+        began = time.perf_counter()
+        report = self.wal.open()
+        self.recovery.wal_truncated_bytes = report.truncated_bytes
+        if report.truncated_bytes or report.message:
+            log.warning(
+                "write-ahead log had a torn or corrupt tail; truncated",
+                extra={"bytes": report.truncated_bytes, "detail": report.message},
+            )
+        aggregator: Aggregator = make_aggregator()
+        position: WalPosition | None = None
+        for path in self.checkpoints.candidates():
+            candidate: Aggregator = make_aggregator()
+            try:
+                state = restore(candidate, path.read_bytes())
+            except (OSError, CheckpointError) as error:
+                self.recovery.checkpoints_refused += 1
+                log.warning("checkpoint refused", extra={"path": str(path), "error": str(error)})
+                continue
+            aggregator = candidate
+            position = tuple(state.wal_position) if state.wal_position is not None else None  # type: ignore[assignment]
+            self.checkpoints.remember(path, position)
+            self.recovery.checkpoint = str(path)
+            self.recovery.checkpoint_position = position
+            break
+        self._replay(aggregator, position)
+        self.recovery.seconds = time.perf_counter() - began
+        log.info(
+            "recovered",
+            extra={
+                "checkpoint": self.recovery.checkpoint,
+                "replayed_records": self.recovery.replayed_records,
+                "replayed_samples": self.recovery.replayed_samples,
+                "seconds": round(self.recovery.seconds, 3),
+            },
+        )
+        return aggregator
+
+    def _replay(self, aggregator: Aggregator, after: WalPosition | None) -> None:
+        ingest, limits = self.config.ingest, self.config.limits
+        # Fresh parsers: replayed lines must not count again in the ingest counters.
+        statsd = StatsdParser(limits, container_id=ingest.container_id)
+        line = LineParser(
+            limits,
+            precision=ingest.line_precision,
+            types={name: MetricType(kind.upper()) for name, kind in ingest.line_types.items()},
+        )
+        slice_len = aggregator.level_seconds[0]
+        for record in self.wal.replay(after):
+            samples: list[Sample] = []
+            if record.kind == PAYLOAD_STATSD:
+                statsd.parse(record.payload, samples)
+            elif record.kind == PAYLOAD_LINE:
+                line.parse(record.payload, samples)
+            elif record.kind == PAYLOAD_SAMPLES:
+                try:
+                    samples = decode_samples(record.payload)
+                except (msgspec.DecodeError, ValueError, TypeError):
+                    log.warning("undecodable record in the write-ahead log; skipped", extra={"at": record.end})
+                    continue
+            # Close periods exactly as the live daemon did, so roll-ups happen in order.
+            if record.received_at >= aggregator.rolled_until[0] + slice_len:
+                aggregator.advance(record.received_at)
+            aggregator.apply(Batch(record.tenant, samples, record.received_at))
+            self.recovery.replayed_records += 1
+            self.recovery.replayed_samples += len(samples)
+
+    # ------------------------------------------------------------------ running
+
+    def log_batches(self, batches: list[Batch]) -> None:
+        """Append and commit before the batches touch memory. Sources' batches are never
+        refused (they were not acknowledged); during disk trouble they are skipped and a
+        checkpoint covers them once the disk is back."""
+        if not self.healthy and not self.retry():
+            self.skipped_batches += len(batches)
+            self.needs_checkpoint = True
+            return
+        wal = self.wal
+        for batch in batches:
+            wal.append(batch.kind, batch.tenant, batch.received_at, batch.payload)
+        try:
+            wal.commit()
+        except WalError as error:
+            self._trouble(error)
+
+    def log_acknowledged(self, batch: Batch) -> None:
+        """For writes that are acknowledged (HTTP): in the log, or JournalUnavailable."""
+        if not self.healthy and not self.retry():
+            raise JournalUnavailable(self.last_error or "write-ahead log unavailable")
+        self.wal.append(PAYLOAD_SAMPLES, batch.tenant, batch.received_at, encode_samples(batch.samples))
+        try:
+            self.wal.commit()
+        except WalError as error:
+            self._trouble(error)
+            raise JournalUnavailable(str(error)) from error
+
+    def _trouble(self, error: Exception) -> None:
+        """The log refused a write. What it holds unwritten is dropped: a refused HTTP write
+        must never reach the log later (the client was told it failed and may resend), and
+        the sources' batches are in memory, which the next checkpoint covers."""
+        if self.healthy:
+            log.error(
+                "write-ahead log cannot write; HTTP writes refused until it can",
+                extra={"directory": str(self.directory), "error": str(error)},
+            )
+        self.healthy = False
+        self.last_error = str(error)
+        self.wal.discard()
+        self.needs_checkpoint = True
+        self._last_probe = time.monotonic()
+
+    def retry(self) -> bool:
+        """Probe the disk (at most every PROBE_EVERY seconds); True once it takes writes again."""
+        now = time.monotonic()
+        if now - self._last_probe < PROBE_EVERY:
+            return False
+        self._last_probe = now
+        probe = self.directory / ".probe"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * PROBE_BYTES)
+                handle.flush()
+                os.fsync(handle.fileno())
+            probe.unlink()
+        except OSError as error:
+            self.last_error = str(error)
+            with contextlib.suppress(OSError):
+                probe.unlink()
+            return False
+        log.warning("write-ahead log writes again", extra={"directory": str(self.directory)})
+        self.healthy = True
+        return True
+
+    def tick(self) -> None:
+        if not self.healthy:
+            self.retry()
+        else:
+            try:
+                self.wal.maybe_fsync()
+            except (WalError, OSError) as error:
+                self._trouble(error)
+
+    def checkpoint(self, aggregator: Aggregator) -> bool:
+        """Write the state covering everything logged so far; the caller applied every queued
+        batch first. Deletes log segments every kept checkpoint covers."""
+        began = time.perf_counter()
+        position = self.wal.end()
+        try:
+            self.checkpoints.write(capture(aggregator, position), position)
+        except OSError as error:
+            self._trouble(error)
+            return False
+        point = self.checkpoints.truncation_point()
+        if point is not None:
+            self.wal.truncate_before(point)
+        self.last_checkpoint_at = time.time()
+        self.needs_checkpoint = False
+        self.last_checkpoint_seconds = time.perf_counter() - began
+        return True
+
+    def close(self) -> None:
+        try:
+            self.wal.close()
+        except (WalError, OSError) as error:
+            log.error("closing the write-ahead log failed", extra={"error": str(error)})
+
+    def stats(self) -> dict[str, Any]:
+        wal = self.wal.stats
+        return {
+            "healthy": self.healthy,
+            "lastError": self.last_error,
+            "directory": str(self.directory),
+            "recordsAppended": wal.records_appended,
+            "bytesWritten": wal.bytes_written,
+            "commits": wal.commits,
+            "fsyncs": wal.fsyncs,
+            "segments": wal.segments,
+            "writeErrors": wal.write_errors,
+            "pendingBytes": self.wal.pending,
+            "skippedBatches": self.skipped_batches,
+            "truncatedTails": wal.truncated_tails,
+            "checkpoints": self.checkpoints.written,
+            "lastCheckpointBytes": self.checkpoints.last_bytes,
+            "lastCheckpointSeconds": round(self.last_checkpoint_seconds, 3),
+            "recovery": {
+                "checkpoint": self.recovery.checkpoint,
+                "checkpointsRefused": self.recovery.checkpoints_refused,
+                "replayedRecords": self.recovery.replayed_records,
+                "replayedSamples": self.recovery.replayed_samples,
+                "seconds": round(self.recovery.seconds, 3),
+                "walTruncatedBytes": self.recovery.wal_truncated_bytes,
+            },
+        }

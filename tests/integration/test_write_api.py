@@ -1,0 +1,80 @@
+"""The record API and line protocol over HTTP, through the real daemon."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+
+import pytest
+
+from tests.integration.daemon import RunningDaemon
+
+pytestmark = pytest.mark.integration
+JSON = {"Content-Type": "application/json"}
+
+
+def test_single_record_is_acknowledged_and_visible_at_once(daemon: RunningDaemon) -> None:
+    metric_id = str(uuid.uuid4())
+    body = {"id": metric_id, "name": "api.rec", "value": 12.5, "type": "GAUGE", "tags": {"env": "prod"}, "unit": "ms"}
+    status, reply = daemon.post("/api/v1/metrics", json.dumps(body).encode(), JSON)
+    assert status == 201 and reply == {"metricId": metric_id}
+    assert daemon.get("/api/v1/realtime?metric=api.rec&tag=env:prod")[1]["value"] == 12.5
+
+
+def test_batch_keeps_valid_items_and_names_each_failure(daemon: RunningDaemon) -> None:
+    items = [
+        {"name": "batch.ok", "value": 1, "type": "COUNTER"},
+        {"name": "9bad", "value": 1, "type": "COUNTER", "id": "b6c9b9a6-3f57-4a0a-9d3b-1f1f0e5c2a11"},
+        {"name": "batch.ok", "value": 2, "type": "COUNTER", "timestamp": "2099-01-01T00:00:00"},
+        {"name": "batch.ok", "value": 3, "type": "COUNTER"},
+        {"name": "batch.ok", "value": "x", "type": "COUNTER"},
+        {"name": "batch.ok", "value": 1, "type": "WRONG"},
+        {"name": "batch.ok", "value": 1, "type": "GAUGE", "tags": {f"k{i}": "v" for i in range(21)}},
+    ]
+    status, reply = daemon.post("/api/v1/metrics/batch", json.dumps({"metrics": items}).encode(), JSON)
+    assert status == 200
+    assert len(reply["successful"]) == 2
+    failed = {f["index"]: f for f in reply["failed"]}
+    assert sorted(failed) == [1, 2, 4, 5, 6]
+    assert failed[1]["id"] == items[1]["id"] and "name" in failed[1]["error"]
+    assert "timestamp" in failed[2]["error"]
+    assert "value" in failed[4]["error"] and "type" in failed[5]["error"] and "tags" in failed[6]["error"]
+    assert daemon.total("batch.ok") == 4.0
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "invalid_batch"),
+        (b'{"metrics": []}', "invalid_batch"),
+        (json.dumps({"metrics": [{"name": "a", "value": 1, "type": "GAUGE"}] * 501}).encode(), "invalid_batch"),
+        (b'[{"name": "a"}]', "invalid_batch"),
+    ],
+)
+def test_bad_batches_are_400_and_store_nothing(daemon: RunningDaemon, body: bytes, code: str) -> None:
+    status, reply = daemon.post("/api/v1/metrics/batch", body, {**JSON, "Accept-Language": "pl"})
+    assert status == 400 and reply["error"]["code"] == code
+    assert reply["error"]["message"].startswith("Nieprawidłowa paczka")
+    assert daemon.stats()["aggregation"]["samples"] == 0
+
+
+def test_oversized_body_is_413_in_the_error_shape(daemon: RunningDaemon) -> None:
+    status, reply = daemon.post("/api/v1/metrics/batch", b"x" * (5 * 1024 * 1024), JSON)
+    assert status == 413 and reply["error"]["code"] == "body_too_large"
+
+
+def test_line_protocol_over_http_like_influxdb(daemon: RunningDaemon) -> None:
+    status, _ = daemon.post("/api/v2/write?org=o&bucket=b&precision=s", b"http.cpu,host=a usage=10 1700000000\n")
+    assert status == 204
+    status, reply = daemon.post(
+        "/api/v2/write?precision=ns", b"http.mem,host=a used=1\nthis is not a line\nhttp.mem,host=b used=2\n"
+    )
+    assert status == 400 and reply["error"]["details"]["line"] == 2
+    assert daemon.total("http.mem.used") == 3.0  # the good lines were kept
+    compressed = gzip.compress(b"http.gz value=5\n")
+    status, _ = daemon.post("/write?db=x&precision=n", compressed, {"Content-Encoding": "gzip"})
+    assert status == 204
+    assert daemon.total("http.gz") == 5.0
+    status, reply = daemon.post("/api/v2/write?precision=minutes", b"http.x value=1\n")
+    assert status == 400 and reply["error"]["code"] == "invalid_precision"
