@@ -17,6 +17,7 @@ start adds the disk's sequential read time. The log lives in a temporary directo
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -117,6 +118,166 @@ def replay_throughput(root: Path | None, megabytes: int) -> None:
         print(f"{phase:>14} {seconds:>8.2f} {size / MB / seconds:>9,.0f} {records / seconds:>12,.0f}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def end_to_end(rate: float, seconds: float, rounds: int) -> None:
+    """UDP ingest into the real daemon with the WAL on and off, alternating, same load:
+    accepted lines, loss, and lines per CPU-second of the daemon (its capacity on one core)."""
+    from benchmarks.ingest import loadgen, settle
+    from tests.integration.daemon import start_daemon
+
+    print(f"{'wal':>5} {'sent':>10} {'accepted':>10} {'loss %':>7} {'cpu s':>6} {'lines/cpu-s':>12}")
+    results: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for wal in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                daemon = start_daemon(
+                    Path(tmp),
+                    '[ingest]\nudp_receive_buffer = "32MiB"\n',
+                    env={"COLLECTORD_STORAGE_WAL": "true" if wal else "false"},
+                )
+                try:
+                    before = daemon.stats()
+                    cpu_before = _cpu_seconds(daemon.process.pid)
+                    sent = loadgen(
+                        "--proto",
+                        "udp",
+                        "--port",
+                        str(daemon.statsd),
+                        "--rate",
+                        str(rate),
+                        "--seconds",
+                        str(seconds),
+                        "--lines-per-packet",
+                        "25",
+                        "--series",
+                        "1000",
+                    )
+                    after = settle(daemon)
+                    cpu = _cpu_seconds(daemon.process.pid) - cpu_before
+                finally:
+                    daemon.stop()
+            accepted = after["accepted"] - before["accepted"]
+            loss = 100.0 * (sent["lines"] - accepted) / sent["lines"]
+            results[wal].append(accepted / cpu)
+            print(
+                f"{'on' if wal else 'off':>5} {sent['lines']:>10,} {accepted:>10,} {loss:>7.3f}"
+                f" {cpu:>6.2f} {accepted / cpu:>12,.0f}"
+            )
+    on, off = max(results[True]), max(results[False])
+    print(f"WAL cost on ingest capacity: {100.0 * (1 - on / off):.1f}% (best of {rounds} each)")
+
+
+def recovery(samples: int, shape: str = "timer") -> None:
+    """Time to start after kill -9 with `samples` samples in the log (no checkpoint since),
+    and after a clean stop (checkpointed)."""
+    from benchmarks.ingest import loadgen
+    from tests.integration.daemon import start_daemon
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # No timed checkpoint during the load: the whole log must be replayed.
+        config = '[storage]\ncheckpoint_interval = "1h"\n'
+        env = {"COLLECTORD_STORAGE_CHECKPOINT_INTERVAL": "1h"}
+        daemon = start_daemon(Path(tmp), env=env)
+        loadgen(
+            "--proto",
+            "tcp",
+            "--port",
+            str(daemon.statsd),
+            "--connections",
+            "4",
+            "--total",
+            str(samples),
+            "--seconds",
+            "600",
+            "--shape",
+            "timer",
+            "--lines-per-packet",
+            "25",
+            "--series",
+            "1000",
+        )
+        daemon.wait_for(lambda: daemon.stats()["aggregation"]["samples"] >= samples, timeout=600)
+        expected = daemon.total(f"bench.{shape}.0", start="-2h")
+        daemon.kill()
+        wal_bytes = sum(f.stat().st_size for f in (Path(tmp) / "data" / "wal").glob("wal-*.log"))
+        began = time.perf_counter()
+        daemon = start_daemon(Path(tmp), env=env, ports=daemon.ports)
+        took = time.perf_counter() - began
+        stats = daemon.stats()["wal"]["recovery"]
+        assert daemon.total(f"bench.{shape}.0", start="-2h") == expected, "replay changed the numbers"
+        print(
+            f"{shape}: kill -9 with {samples:,} samples ({wal_bytes / MB:,.0f} MB of log): ready in {took:.2f} s "
+            f"(replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples)"
+        )
+        daemon.stop()
+        began = time.perf_counter()
+        daemon = start_daemon(Path(tmp), env=env, ports=daemon.ports)
+        took = time.perf_counter() - began
+        stats = daemon.stats()["wal"]["recovery"]
+        assert daemon.total(f"bench.{shape}.0", start="-2h") == expected
+        print(
+            f"after a clean stop (checkpoint): ready in {took:.2f} s (recovery {stats['seconds']:.2f} s, "
+            f"{stats['replayedSamples']:,} samples replayed)"
+        )
+        daemon.stop()
+        del config
+
+
+def exposure(seconds: float, tcp_rate: float, udp_rate: float) -> None:
+    """What kill -9 can lose of UDP/TCP input: the time from a batch being read to its being
+    in the log, measured by the daemon for every commit (`wal.exposureMs` in /api/v1/stats),
+    under TCP (50 connections, at tcp_rate lines/s or flat out when 0) and UDP load at once."""
+    import threading
+
+    from benchmarks.ingest import loadgen
+    from tests.integration.daemon import start_daemon
+
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp))
+        try:
+            udp = threading.Thread(
+                target=loadgen,
+                args=(
+                    "--proto",
+                    "udp",
+                    "--port",
+                    str(daemon.statsd),
+                    "--rate",
+                    str(udp_rate),
+                    "--seconds",
+                    str(seconds),
+                ),
+            )
+            udp.start()
+            loadgen(
+                "--proto",
+                "tcp",
+                "--port",
+                str(daemon.statsd),
+                "--connections",
+                "50",
+                "--seconds",
+                str(seconds),
+                "--rate",
+                str(tcp_rate),
+            )
+            udp.join()
+            wal = daemon.stats()["wal"]
+        finally:
+            daemon.stop()
+    window = wal["exposureMs"]
+    load = f"TCP {'flat out' if not tcp_rate else f'{tcp_rate:,.0f} lines/s'} + UDP {udp_rate:,.0f} lines/s"
+    print(
+        f"{load}: read-to-logged delay over {window['commits']:,} commits: p50 {window['p50']:.2f} ms, "
+        f"p99 {window['p99']:.2f} ms, max {window['max']:.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="where to put the temporary log")
@@ -127,11 +288,28 @@ def main() -> None:
     append.add_argument("--batch", type=int, action="append", help="records per commit (repeatable; default 1 and 64)")
     replay = commands.add_parser("replay", help="open (verify) and replay throughput")
     replay.add_argument("--mb", type=int, default=250, help="megabytes of log to replay")
+    e2e = commands.add_parser("e2e", help="UDP ingest into the daemon with the WAL on and off, side by side")
+    e2e.add_argument("--rate", type=float, default=1_500_000, help="lines/s offered (flat out above capacity)")
+    e2e.add_argument("--seconds", type=float, default=8.0)
+    e2e.add_argument("--rounds", type=int, default=2)
+    rec = commands.add_parser("recovery", help="start-up time after kill -9 and after a clean stop")
+    rec.add_argument("--samples", type=int, default=10_000_000)
+    rec.add_argument("--shape", default="timer", choices=["counter", "timer", "gauge", "dogstatsd"])
+    exp = commands.add_parser("exposure", help="what kill -9 can lose of UDP/TCP input")
+    exp.add_argument("--seconds", type=float, default=10.0)
+    exp.add_argument("--tcp-rate", type=float, default=0, help="lines/s over TCP; 0 = flat out")
+    exp.add_argument("--udp-rate", type=float, default=500_000)
     args = parser.parse_args()
     if args.command == "append":
         append_throughput(args.dir, args.seconds, args.payload, args.batch or [1, 64])
     elif args.command == "replay":
         replay_throughput(args.dir, args.mb)
+    elif args.command == "e2e":
+        end_to_end(args.rate, args.seconds, args.rounds)
+    elif args.command == "recovery":
+        recovery(args.samples, args.shape)
+    elif args.command == "exposure":
+        exposure(args.seconds, args.tcp_rate, args.udp_rate)
 
 
 if __name__ == "__main__":

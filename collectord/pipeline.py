@@ -52,7 +52,9 @@ class Pipeline:
         self.config = config
         self.clock = clock
         self.started_at = clock.now()
-        self.ring = Ring(config.ingest.ring_capacity)
+        self.journal: Journal | None = Journal(config) if config.storage.wal else None
+        # Accepted batches go to the log the moment the ring takes them.
+        self.ring = Ring(config.ingest.ring_capacity, self.journal.accept if self.journal else None)
         self.statsd_stats = ParseStats()
         self.line_stats = ParseStats()
         self.statsd_parser = StatsdParser(
@@ -66,7 +68,6 @@ class Pipeline:
             stats=self.line_stats,
         )
         self.aggregator = self.new_aggregator()
-        self.journal: Journal | None = Journal(config) if config.storage.wal else None
         self.sources: dict[str, SourceCounters] = {}
         self.kernel_drops: dict[str, object] = {}
         self.flush = FlushStats()
@@ -107,7 +108,7 @@ class Pipeline:
         if not batches:
             return 0
         if self.journal is not None:
-            self.journal.log_batches(batches)
+            self.journal.commit_pending()
         apply = self.aggregator.apply
         applied = 0
         for batch in batches:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from collectord.model import Sample
@@ -35,10 +36,12 @@ class Batch(NamedTuple):
 class Ring:
     """A bounded FIFO of batches with a wake-up for its single consumer."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_accept: Callable[[Batch], None] | None = None) -> None:
         if capacity < 1:
             raise ValueError("ring capacity must be at least 1 sample")
         self.capacity = capacity
+        # Told of every batch the ring takes (the write-ahead log appends it there and then).
+        self.on_accept = on_accept
         self.fill = 0
         self.dropped_samples = 0
         self.dropped_batches = 0
@@ -63,6 +66,8 @@ class Ring:
         self._append(batch, len(batch.samples))
 
     def _append(self, batch: Batch, size: int) -> None:
+        if self.on_accept is not None:
+            self.on_accept(batch)
         self._batches.append(batch)
         self.fill += size
         if self.fill > self.high_water:

@@ -289,6 +289,15 @@ class Aggregator:
                 still_pending.add(series)
         self._pending[level] = still_pending
 
+    def start_at(self, now: float) -> None:
+        """Move an empty aggregator's clock back to `now` (replaying a log from its start):
+        otherwise every replayed sample would look late and take the slow path."""
+        if self.table.count or self.name_totals:
+            raise ValueError("only an empty aggregator can move its clock")
+        self.now = now
+        self._last_housekeeping = now
+        self.rolled_until = [align(now, length) for length in self.level_seconds]
+
     def rebuild_pending(self) -> None:
         """Recompute which series hold cells not yet rolled up (after loading a checkpoint)."""
         self._pending = [set() for _ in range(LEVEL_COUNT)]

@@ -13,10 +13,12 @@ at once, so what arrived during the trouble is covered too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,9 @@ log = logging.getLogger("collectord.storage")
 # While the disk is in trouble, how often it is probed, and with how much (about what a
 # commit needs).
 PROBE_EVERY = 0.5
+# Appended source batches are committed within this long (or at the end of the loop
+# iteration, whichever comes first): the bound on what kill -9 can lose.
+COMMIT_WITHIN = 0.002
 PROBE_BYTES = 64 * 1024
 
 
@@ -85,6 +90,9 @@ class Journal:
         # Set when batches were skipped during disk trouble: the next checkpoint covers them.
         self.needs_checkpoint = False
         self._last_probe = 0.0
+        self.exposure: deque[float] = deque(maxlen=10_000)
+        self._oldest_pending = 0.0
+        self._commit_scheduled = False
         self.recovery = RecoveryStats()
         self.last_checkpoint_at = 0.0
         self.last_checkpoint_seconds = 0.0
@@ -140,7 +148,11 @@ class Journal:
             types={name: MetricType(kind.upper()) for name, kind in ingest.line_types.items()},
         )
         slice_len = aggregator.level_seconds[0]
+        fresh = after is None and aggregator.table.count == 0
         for record in self.wal.replay(after):
+            if fresh:
+                aggregator.start_at(record.received_at)
+                fresh = False
             samples: list[Sample] = []
             if record.kind == PAYLOAD_STATSD:
                 statsd.parse(record.payload, samples)
@@ -161,26 +173,52 @@ class Journal:
 
     # ------------------------------------------------------------------ running
 
-    def log_batches(self, batches: list[Batch]) -> None:
-        """Append and commit before the batches touch memory. Sources' batches are never
-        refused (they were not acknowledged); during disk trouble they are skipped and a
-        checkpoint covers them once the disk is back."""
-        if not self.healthy and not self.retry():
-            self.skipped_batches += len(batches)
+    def accept(self, batch: Batch) -> None:
+        """The ring's hook: a source's batch was accepted. It is appended at once and
+        committed at the end of this loop iteration (or before anything is applied,
+        whichever comes first), so what kill -9 can lose is one iteration's reads.
+        Sources' batches are never refused (nobody acknowledged them); during disk trouble
+        they are skipped and the checkpoint taken once the disk is back covers them."""
+        if not self.healthy:
+            self.skipped_batches += 1
             self.needs_checkpoint = True
             return
-        wal = self.wal
-        for batch in batches:
-            wal.append(batch.kind, batch.tenant, batch.received_at, batch.payload)
+        if not self.wal.pending:
+            self._oldest_pending = batch.received_at
+        self.wal.append(batch.kind, batch.tenant, batch.received_at, batch.payload)
+        if batch.received_at - self._oldest_pending >= COMMIT_WITHIN:
+            # A busy loop iteration (many connections, each read parsed) must not hold
+            # appended batches back: commit now.
+            self.commit_pending()
+            return
+        if not self._commit_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.commit_pending()
+                return
+            self._commit_scheduled = True
+            loop.call_soon(self.commit_pending)
+
+    def commit_pending(self) -> None:
+        """Commit what sources appended; called before any batch is applied."""
+        self._commit_scheduled = False
+        if not self.wal.pending:
+            return
         try:
-            wal.commit()
+            self.wal.commit()
         except WalError as error:
             self._trouble(error)
+            return
+        # The exposure window: how long the oldest of these batches was read but not logged.
+        self.exposure.append(time.time() - self._oldest_pending)
 
     def log_acknowledged(self, batch: Batch) -> None:
         """For writes that are acknowledged (HTTP): in the log, or JournalUnavailable."""
         if not self.healthy and not self.retry():
             raise JournalUnavailable(self.last_error or "write-ahead log unavailable")
+        if not self.wal.pending:
+            self._oldest_pending = batch.received_at
         self.wal.append(PAYLOAD_SAMPLES, batch.tenant, batch.received_at, encode_samples(batch.samples))
         try:
             self.wal.commit()
@@ -258,6 +296,17 @@ class Journal:
         except (WalError, OSError) as error:
             log.error("closing the write-ahead log failed", extra={"error": str(error)})
 
+    def _exposure_ms(self) -> dict[str, float]:
+        if not self.exposure:
+            return {}
+        ordered = sorted(self.exposure)
+        return {
+            "p50": round(ordered[len(ordered) // 2] * 1000, 3),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+            "max": round(ordered[-1] * 1000, 3),
+            "commits": len(ordered),
+        }
+
     def stats(self) -> dict[str, Any]:
         wal = self.wal.stats
         return {
@@ -273,6 +322,7 @@ class Journal:
             "pendingBytes": self.wal.pending,
             "skippedBatches": self.skipped_batches,
             "truncatedTails": wal.truncated_tails,
+            "exposureMs": self._exposure_ms(),
             "checkpoints": self.checkpoints.written,
             "lastCheckpointBytes": self.checkpoints.last_bytes,
             "lastCheckpointSeconds": round(self.last_checkpoint_seconds, 3),
