@@ -180,7 +180,6 @@ def recovery(samples: int, shape: str = "timer") -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         # No timed checkpoint during the load: the whole log must be replayed.
-        config = '[storage]\ncheckpoint_interval = "1h"\n'
         env = {"COLLECTORD_STORAGE_CHECKPOINT_INTERVAL": "1h"}
         daemon = start_daemon(Path(tmp), env=env)
         loadgen(
@@ -195,7 +194,7 @@ def recovery(samples: int, shape: str = "timer") -> None:
             "--seconds",
             "600",
             "--shape",
-            "timer",
+            shape,
             "--lines-per-packet",
             "25",
             "--series",
@@ -203,6 +202,7 @@ def recovery(samples: int, shape: str = "timer") -> None:
         )
         daemon.wait_for(lambda: daemon.stats()["aggregation"]["samples"] >= samples, timeout=600)
         expected = daemon.total(f"bench.{shape}.0", start="-2h")
+        assert expected > 0
         daemon.kill()
         wal_bytes = sum(f.stat().st_size for f in (Path(tmp) / "data" / "wal").glob("wal-*.log"))
         began = time.perf_counter()
@@ -212,7 +212,7 @@ def recovery(samples: int, shape: str = "timer") -> None:
         assert daemon.total(f"bench.{shape}.0", start="-2h") == expected, "replay changed the numbers"
         print(
             f"{shape}: kill -9 with {samples:,} samples ({wal_bytes / MB:,.0f} MB of log): ready in {took:.2f} s "
-            f"(replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples)"
+            f"(replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples in {stats['replayedRecords']:,} records)"
         )
         daemon.stop()
         began = time.perf_counter()
@@ -225,7 +225,6 @@ def recovery(samples: int, shape: str = "timer") -> None:
             f"{stats['replayedSamples']:,} samples replayed)"
         )
         daemon.stop()
-        del config
 
 
 def exposure(seconds: float, tcp_rate: float, udp_rate: float) -> None:

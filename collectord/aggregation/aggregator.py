@@ -66,6 +66,33 @@ class AggregationCounters:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
+class _Deferred(NamedTuple):
+    cell: Cell
+    series: Series
+    weight: float
+    values: list[float]
+
+
+def _fold(held: _Deferred) -> None:
+    """Apply deferred distribution samples exactly as the hot path would have, in order."""
+    cell, series, weight, values = held
+    count, total, squares, series_total = cell.count, cell.sum, cell.sum_squares, series.total
+    for value in values:
+        count += weight
+        total += value * weight
+        squares += value * value * weight
+        series_total += value * weight
+    cell.count, cell.sum, cell.sum_squares, series.total = count, total, squares, series_total
+    low, high = min(values), max(values)
+    if low < cell.min:
+        cell.min = low
+    if high > cell.max:
+        cell.max = high
+    cell.last = series.last_value = values[-1]
+    assert cell.sketch is not None
+    cell.sketch.add_many(values, weight)
+
+
 class Aggregator:
     """Owns every series and window; single-threaded, driven by the daemon's loop."""
 
@@ -82,6 +109,8 @@ class Aggregator:
         self.name_totals: dict[tuple[str, str], Series] = {}
         self.counters = AggregationCounters()
         self._last_housekeeping = now
+        # Cells whose distribution values wait for a bulk insert (only while replaying).
+        self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
         self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
 
@@ -103,6 +132,7 @@ class Aggregator:
         if by_identity is None or len(by_identity) > 4 * self.table.limits.max_series:
             by_identity = self._by_identity[tenant] = {}
         applied = 0
+        deferred = self._deferred
         for sample in batch.samples:
             key, kind, value, weight, ts = sample
             # Parsers intern keys, so the key object usually identifies its series: an int
@@ -122,6 +152,12 @@ class Aggregator:
             if kind == series.kind:
                 if kind == KIND_SET:
                     cell.add_member(value)  # type: ignore[arg-type]
+                elif deferred is not None and cell.sketch is not None:
+                    held = deferred.get(id(cell))
+                    if held is not None and held.weight == weight:
+                        held.values.append(value)  # type: ignore[arg-type]
+                    else:
+                        self._defer(cell, series, value, weight)  # type: ignore[arg-type]
                 else:
                     fvalue: float = value  # type: ignore[assignment]
                     cell.count += weight
@@ -154,6 +190,36 @@ class Aggregator:
             applied += 1
         self.counters.samples += applied
 
+    def defer_sketches(self, on: bool) -> None:
+        """While on (replaying a log), distribution samples of an open slice wait in a list
+        and are folded in bulk (the sketch by numpy) when a period closes or deferral ends:
+        the same cell as one sample at a time (sums accumulate in the same order), at a
+        fraction of the cost. Live ingest never defers: every read would have to settle."""
+        if not on:
+            self._settle_deferred()
+        self._deferred = {} if on else None
+
+    def _defer(self, cell: Cell, series: Series, value: float, weight: float) -> None:
+        assert self._deferred is not None
+        held = self._deferred.get(id(cell))
+        if held is not None:
+            _fold(held)
+        self._deferred[id(cell)] = _Deferred(cell, series, weight, [value])
+
+    def _settle_deferred(self, cell: Cell | None = None) -> None:
+        """Fold waiting samples into their cells: all of them, or one cell's."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        if cell is not None:
+            held = deferred.pop(id(cell), None)
+            if held is not None:
+                _fold(held)
+            return
+        for held in deferred.values():
+            _fold(held)
+        deferred.clear()
+
     def _apply_one(self, tenant: str, table: dict[tuple[str, Tags], Series], sample: Sample, received: float) -> int:
         key, kind, value, weight, ts = sample
         when = received if ts is None else ts
@@ -178,6 +244,8 @@ class Aggregator:
             value = series.last_value + value  # type: ignore[operator]
             weight = 1.0
         for cell in self._frontier_cells(series, when):
+            if self._deferred:
+                self._settle_deferred(cell)  # keep the order in which samples reach the cell
             if kind == KIND_SET:
                 cell.add_member(value)  # type: ignore[arg-type]
             else:
@@ -238,6 +306,7 @@ class Aggregator:
         """Close every period that ended by `now`: returns the flush view of the closed
         slices, rolls them up, then rolls up coarser levels, prunes and expires."""
         self.now = max(self.now, now)
+        self._settle_deferred()
         view: list[FlushRecord] = []
         if align(self.now, self.level_seconds[0]) <= self.rolled_until[0]:
             return view  # no slice closed: nothing coarser can have closed either

@@ -149,6 +149,21 @@ class Journal:
         )
         slice_len = aggregator.level_seconds[0]
         fresh = after is None and aggregator.table.count == 0
+        aggregator.defer_sketches(True)
+        try:
+            self._replay_records(aggregator, after, statsd, line, slice_len, fresh)
+        finally:
+            aggregator.defer_sketches(False)
+
+    def _replay_records(
+        self,
+        aggregator: Aggregator,
+        after: WalPosition | None,
+        statsd: StatsdParser,
+        line: LineParser,
+        slice_len: int,
+        fresh: bool,
+    ) -> None:
         for record in self.wal.replay(after):
             if fresh:
                 aggregator.start_at(record.received_at)
