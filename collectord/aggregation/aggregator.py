@@ -105,7 +105,9 @@ class Aggregator:
         # rolled_until[k]: every level-k period starting before it has been merged upwards.
         self.rolled_until = [align(now, length) for length in self.level_seconds]
         self.now = now
-        self._pending: list[set[Series]] = [set() for _ in range(LEVEL_COUNT)]
+        # Series holding cells not yet rolled up, per level. Dicts, not sets: roll-ups then run
+        # in a deterministic order, so merges (and their float rounding) repeat exactly.
+        self._pending: list[dict[Series, None]] = [{} for _ in range(LEVEL_COUNT)]
         self.name_totals: dict[tuple[str, str], Series] = {}
         self.counters = AggregationCounters()
         self._last_housekeeping = now
@@ -282,7 +284,7 @@ class Aggregator:
         cell = series.levels[0].get(start)
         if cell is None:
             cell = series.writable(0)[start] = series.new_cell()
-            self._pending[0].add(series)
+            self._pending[0][series] = None
         if start >= series.slice_start:
             series.slice_start = start
             series.slice_cell = cell
@@ -293,7 +295,7 @@ class Aggregator:
         if cell is None:
             cell = series.writable(level)[start] = series.new_cell()
             if level + 1 < LEVEL_COUNT:
-                self._pending[level].add(series)
+                self._pending[level][series] = None
         return cell
 
     def _reject(self, reason: str) -> None:
@@ -329,7 +331,7 @@ class Aggregator:
         length = self.level_seconds[level]
         upper_length = self.level_seconds[level + 1]
         pending = self._pending[level]
-        still_pending: set[Series] = set()
+        still_pending: dict[Series, None] = {}
         for series in pending:
             cells = series.levels[level]
             starts = (
@@ -353,9 +355,9 @@ class Aggregator:
                     series.slice_cell = None
                     series.slice_start = -1
                 if cells:
-                    still_pending.add(series)
+                    still_pending[series] = None
             elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
-                still_pending.add(series)
+                still_pending[series] = None
         self._pending[level] = still_pending
 
     def start_at(self, now: float) -> None:
@@ -367,15 +369,27 @@ class Aggregator:
         self._last_housekeeping = now
         self.rolled_until = [align(now, length) for length in self.level_seconds]
 
+    def pending_order(self) -> list[list[Series]]:
+        return [list(level) for level in self._pending]
+
+    def restore_pending_order(self, order: list[list[Series]]) -> None:
+        """Put the pending series back in the order they had (what rebuild_pending found
+        stays; the saved order goes first)."""
+        for level, saved in enumerate(order):
+            found = self._pending[level]
+            ordered = {series: None for series in saved if series in found}
+            ordered.update(found)
+            self._pending[level] = ordered
+
     def rebuild_pending(self) -> None:
         """Recompute which series hold cells not yet rolled up (after loading a checkpoint)."""
-        self._pending = [set() for _ in range(LEVEL_COUNT)]
+        self._pending = [{} for _ in range(LEVEL_COUNT)]
         everything = [*self.table.all_series(), *self.name_totals.values()]
         for level in range(LEVEL_COUNT - 1):
             boundary = self.rolled_until[level]
             for series in everything:
                 if any(start >= boundary for start in series.levels[level]):
-                    self._pending[level].add(series)
+                    self._pending[level][series] = None
         for series in everything:
             cells = series.levels[0]
             if cells:
@@ -413,13 +427,13 @@ class Aggregator:
                 self._by_identity.clear()
                 self.table.remove(series)
                 for pending in self._pending:
-                    pending.discard(series)
+                    pending.pop(series, None)
         for key, totals in list(self.name_totals.items()):
             self._prune_levels(totals, retention)
             if key not in self.table.by_name and not any(totals.levels):
                 del self.name_totals[key]
                 for pending in self._pending:
-                    pending.discard(totals)
+                    pending.pop(totals, None)
 
     def _prune_levels(self, series: Series, retention: tuple[float, ...]) -> None:
         for level in range(1, LEVEL_COUNT):

@@ -47,6 +47,9 @@ class CheckpointState(msgspec.Struct, array_like=True):
     series: list[Any]
     name_totals: list[Any]
     extra: dict[str, Any]
+    # Per level, the series awaiting roll-up in roll-up order, as indices into
+    # series + name_totals: restoring the order makes later merges repeat exactly.
+    pending: list[list[int]] = []
 
 
 def _encode_cell(cell: Cell) -> tuple[Any, ...]:
@@ -106,6 +109,8 @@ def _decode_series(raw: Sequence[Any]) -> Series:
 
 def capture(aggregator: Aggregator, wal_position: Position | None, extra: dict[str, Any] | None = None) -> bytes:
     """Serialise the aggregator (all series, windows, sketches, realtime values, counters)."""
+    everything = [*aggregator.table.all_series(), *aggregator.name_totals.values()]
+    position_of = {id(series): index for index, series in enumerate(everything)}
     state = CheckpointState(
         version=1,
         wal_position=wal_position,
@@ -117,6 +122,7 @@ def capture(aggregator: Aggregator, wal_position: Position | None, extra: dict[s
         series=[_encode_series(s) for s in aggregator.table.all_series()],
         name_totals=[_encode_series(s) for s in aggregator.name_totals.values()],
         extra=extra or {},
+        pending=[[position_of[id(s)] for s in level] for level in aggregator.pending_order()],
     )
     body = zlib.compress(msgspec.msgpack.encode(state), 1)
     return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
@@ -149,6 +155,9 @@ def restore(aggregator: Aggregator, data: bytes) -> CheckpointState:
     for one in totals:
         aggregator.name_totals[(one.tenant, one.name)] = one
     aggregator.rebuild_pending()
+    everything = [*series, *totals]
+    if len(state.pending) == LEVEL_COUNT and all(0 <= i < len(everything) for level in state.pending for i in level):
+        aggregator.restore_pending_order([[everything[i] for i in level] for level in state.pending])
     return state
 
 
