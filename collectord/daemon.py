@@ -124,10 +124,10 @@ class Daemon:
                 self._log_rejections()
             if journal is not None:
                 journal.tick()
+                journal.poll_background()
                 due = since_checkpoint >= self.config.storage.checkpoint_interval
-                if (due or journal.needs_checkpoint) and journal.healthy:
+                if (due or journal.needs_checkpoint) and journal.healthy and self.pipeline.checkpoint(background=True):
                     since_checkpoint = 0.0
-                    self.pipeline.checkpoint()
 
     def _log_rejections(self) -> None:
         """One line per reason per period at most: never a line per bad sample."""

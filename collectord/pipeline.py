@@ -82,10 +82,12 @@ class Pipeline:
             self.aggregator = self.journal.recover(self.new_aggregator)
             self.aggregator.advance(self.clock.now())
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self, background: bool = False) -> bool:
         if self.journal is None:
             return False
         self.catch_up()
+        if background:
+            return self.journal.checkpoint_in_background(self.aggregator)
         return self.journal.checkpoint(self.aggregator)
 
     def write_acknowledged(self, batch: Batch) -> None:

@@ -198,6 +198,16 @@ class CheckpointStore:
         """Checkpoint files, newest first."""
         return list(reversed(self._files()))
 
+    def adopt_newest(self, position: Position) -> None:
+        """Note the position of the checkpoint a background writer just wrote, and forget
+        files it removed."""
+        files = self._files()
+        self.positions = {path: pos for path, pos in self.positions.items() if path in files}
+        if files:
+            self.positions[files[-1]] = position
+            self.written += 1
+            self.last_bytes = files[-1].stat().st_size
+
     def remember(self, path: Path, position: Position | None) -> None:
         """Note the position of a checkpoint loaded at start."""
         self.positions[path] = position

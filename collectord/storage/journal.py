@@ -93,6 +93,8 @@ class Journal:
         self.exposure: deque[float] = deque(maxlen=10_000)
         self._oldest_pending = 0.0
         self._commit_scheduled = False
+        # A background checkpoint being written: (pid, log position it covers, start time).
+        self._child: tuple[int, WalPosition, float] | None = None
         self.recovery = RecoveryStats()
         self.last_checkpoint_at = 0.0
         self.last_checkpoint_seconds = 0.0
@@ -288,8 +290,10 @@ class Journal:
                 self._trouble(error)
 
     def checkpoint(self, aggregator: Aggregator) -> bool:
-        """Write the state covering everything logged so far; the caller applied every queued
-        batch first. Deletes log segments every kept checkpoint covers."""
+        """Write the state covering everything logged so far, in this process (at stop); the
+        caller applied every queued batch first. Deletes log segments every kept checkpoint
+        covers."""
+        self.poll_background(wait=True)
         began = time.perf_counter()
         position = self.wal.end()
         try:
@@ -297,15 +301,59 @@ class Journal:
         except OSError as error:
             self._trouble(error)
             return False
+        self._after_checkpoint(began)
+        return True
+
+    def checkpoint_in_background(self, aggregator: Aggregator) -> bool:
+        """Write a checkpoint from a forked child, as Redis's BGSAVE does: the child serialises
+        a copy-on-write snapshot while this process goes on ingesting, so a large state never
+        stalls the event loop. The caller applied every queued batch first. `poll_background`
+        adopts the result. False when one is already running or fork is unavailable."""
+        if self._child is not None:
+            return False
+        position = self.wal.end()
+        began = time.perf_counter()
+        try:
+            pid = os.fork()
+        except OSError as error:
+            log.warning("cannot fork for a checkpoint; writing it in place", extra={"error": str(error)})
+            return self.checkpoint(aggregator)
+        if pid == 0:  # the child: serialise, write, leave without running any of the parent's exit code
+            code = 1
+            try:
+                self.checkpoints.write(capture(aggregator, position), position)
+                code = 0
+            finally:
+                os._exit(code)
+        self._child = (pid, position, began)
+        return True
+
+    def poll_background(self, wait: bool = False) -> None:
+        """Adopt a finished background checkpoint (or wait for it)."""
+        if self._child is None:
+            return
+        pid, position, began = self._child
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if done == 0:
+            return
+        self._child = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            # Almost always the disk: treat it as disk trouble (probe, then retry).
+            self._trouble(OSError("background checkpoint failed; the log still holds everything"))
+            return
+        self.checkpoints.adopt_newest(position)
+        self._after_checkpoint(began)
+
+    def _after_checkpoint(self, began: float) -> None:
         point = self.checkpoints.truncation_point()
         if point is not None:
             self.wal.truncate_before(point)
         self.last_checkpoint_at = time.time()
         self.needs_checkpoint = False
         self.last_checkpoint_seconds = time.perf_counter() - began
-        return True
 
     def close(self) -> None:
+        self.poll_background(wait=True)
         try:
             self.wal.close()
         except (WalError, OSError) as error:

@@ -168,3 +168,24 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     daemon.process.send_signal(signal.SIGTERM)
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(timeout=20) in (0, 1)
+
+
+def test_background_checkpoints_keep_ingesting_and_trim_the_log(tmp_path: Path) -> None:
+    daemon = start_daemon(
+        tmp_path, env={"COLLECTORD_STORAGE_CHECKPOINT_INTERVAL": "1s", "COLLECTORD_STORAGE_SEGMENT_SIZE": "1MiB"}
+    )
+    body = json.dumps({"metrics": [{"name": "bg.c", "value": 1, "type": "COUNTER"}] * 500}).encode()
+    acknowledged = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        status, _ = daemon.post("/api/v1/metrics/batch", body, HEADERS)
+        assert status == 200
+        acknowledged += 500
+    wal = daemon.wait_for(lambda: (w := daemon.stats()["wal"])["checkpoints"] >= 2 and w)
+    segments = sorted((tmp_path / "data" / "wal").glob("wal-*.log"))
+    assert len(segments) < wal["bytesWritten"] // (1 << 20)  # covered segments were deleted
+    daemon.kill()
+    daemon = start_daemon(tmp_path, ports=daemon.ports)
+    assert daemon.total("bg.c") == acknowledged
+    assert daemon.stats()["wal"]["recovery"]["checkpoint"] is not None
+    assert daemon.stop() == 0
