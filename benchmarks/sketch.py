@@ -130,9 +130,7 @@ def errors(rng: np.random.Generator) -> list[tuple[str, float]]:
     shapes = {
         "lognormal": latencies(rng, n),
         "pareto": (rng.pareto(1.5, n) + 1.0) * 0.01,
-        "bimodal": np.where(
-            rng.random(n) < 0.7, rng.normal(0.02, 0.004, n), rng.normal(0.4, 0.08, n)
-        ),
+        "bimodal": np.where(rng.random(n) < 0.7, rng.normal(0.02, 0.004, n), rng.normal(0.4, 0.08, n)),
     }
     rows = []
     for name, values in shapes.items():

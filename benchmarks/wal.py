@@ -212,7 +212,8 @@ def recovery(samples: int, shape: str = "timer") -> None:
         assert daemon.total(f"bench.{shape}.0", start="-2h") == expected, "replay changed the numbers"
         print(
             f"{shape}: kill -9 with {samples:,} samples ({wal_bytes / MB:,.0f} MB of log): ready in {took:.2f} s "
-            f"(replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples in {stats['replayedRecords']:,} records)"
+            f"(replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples"
+            f" in {stats['replayedRecords']:,} records)"
         )
         daemon.stop()
         began = time.perf_counter()
