@@ -111,6 +111,8 @@ class Aggregator:
         self.name_totals: dict[tuple[str, str], Series] = {}
         self.counters = AggregationCounters()
         self._last_housekeeping = now
+        # Query rows built from single stored cells (see query._row).
+        self.row_cache: dict[tuple[object, ...], tuple[Cell, float, int, dict[str, object]]] = {}
         # Cells whose distribution values wait for a bulk insert (only while replaying).
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.

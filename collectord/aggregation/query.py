@@ -140,9 +140,9 @@ def run_query(aggregator: Aggregator, query: Query) -> list[dict[str, object]]:
             tags = {**filter_tags, **dict(zip(query.group_by, values, strict=True))}
             for start in periods:
                 parts = [cell for s in members for cell in aggregator.read(s, level, start)]
-                merged = merge_cells(parts)
-                if merged is not None and not merged.is_empty:
-                    rows.append(build_row(name, metric_type, start, seconds, merged, tags, query.aggregation))
+                row = _row(aggregator, name, metric_type, start, seconds, parts, tags, query.aggregation)
+                if row is not None:
+                    rows.append(row)
     rows.sort(key=lambda row: str(row["periodStart"]))
     if len(rows) > query.limit:
         rows = rows[-query.limit :]
@@ -162,7 +162,43 @@ def _rows_from_totals(
         return []
     rows = []
     for start in periods:
-        merged = merge_cells(aggregator.read_name_totals(query.tenant, name, level, start))
-        if merged is not None and not merged.is_empty:
-            rows.append(build_row(name, metric_type, start, seconds, merged, {}, query.aggregation))
+        parts = aggregator.read_name_totals(query.tenant, name, level, start)
+        row = _row(aggregator, name, metric_type, start, seconds, parts, {}, query.aggregation)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+# Rows built from one stored cell are kept, keyed by that cell: closed windows are read far
+# more often than they change, and a change raises the cell's count, which invalidates them.
+ROW_CACHE_LIMIT = 200_000
+
+
+def _row(
+    aggregator: Aggregator,
+    name: str,
+    metric_type: MetricType,
+    start: int,
+    seconds: int,
+    parts: list[Cell],
+    tags: dict[str, str],
+    aggregation: str,
+) -> dict[str, object] | None:
+    if len(parts) != 1:
+        merged = merge_cells(parts)
+        if merged is None or merged.is_empty:
+            return None
+        return build_row(name, metric_type, start, seconds, merged, tags, aggregation)
+    cell = parts[0]
+    cache = aggregator.row_cache
+    key = (id(cell), name, start, seconds, aggregation, tuple(tags.items()))
+    held = cache.get(key)
+    if held is not None and held[0] is cell and held[1] == cell.count and held[2] == cell.distinct():
+        return held[3]
+    if cell.is_empty:
+        return None
+    row = build_row(name, metric_type, start, seconds, cell, tags, aggregation)
+    if len(cache) >= ROW_CACHE_LIMIT:
+        cache.clear()
+    cache[key] = (cell, cell.count, cell.distinct(), row)
+    return row
