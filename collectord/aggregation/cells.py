@@ -11,6 +11,7 @@ Weights: a sample with sample rate r stands for w = 1/r events, so count += w an
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from collectord.aggregation.sketch import Sketch
 
@@ -89,6 +90,30 @@ class Cell:
             if self.members is None:
                 self.members = set()
             self.members |= other.members
+
+    def merge_all(self, parts: Sequence[Cell]) -> None:
+        """Fold many cells in at once (in order); sketches merge in one numpy pass."""
+        sketches = []
+        for part in parts:
+            self.count += part.count
+            self.sum += part.sum
+            self.sum_squares += part.sum_squares
+            if part.min < self.min:
+                self.min = part.min
+            if part.max > self.max:
+                self.max = part.max
+            if not math.isnan(part.last):
+                self.last = part.last
+            if part.sketch is not None:
+                sketches.append(part.sketch)
+            if part.members is not None:
+                if self.members is None:
+                    self.members = set()
+                self.members |= part.members
+        if sketches:
+            if self.sketch is None:
+                self.sketch = Sketch()
+            self.sketch.merge_many(sketches)
 
     def copy(self) -> Cell:
         clone = Cell(

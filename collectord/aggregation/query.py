@@ -51,8 +51,7 @@ def merge_cells(parts: Sequence[Cell]) -> Cell | None:
     if len(parts) == 1:
         return parts[0]  # callers only read it
     merged = parts[0].empty_like()
-    for part in parts:
-        merged.merge(part)
+    merged.merge_all(parts)
     return merged
 
 
