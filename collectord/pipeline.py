@@ -8,7 +8,7 @@ parsed); `advance` closes periods on the clock and returns the flush view.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator, FlushRecord
 from collectord.clock import Clock
@@ -44,7 +44,6 @@ class FlushStats:
     last_records: int = 0
     last_duration_s: float = 0.0
     total_duration_s: float = 0.0
-    durations: list[float] = field(default_factory=list)
 
 
 class Pipeline:
@@ -69,9 +68,7 @@ class Pipeline:
         )
         self.aggregator = self.new_aggregator()
         self.sources: dict[str, SourceCounters] = {}
-        self.kernel_drops: dict[str, object] = {}
         self.flush = FlushStats()
-        self.last_view: list[FlushRecord] = []
 
     def new_aggregator(self) -> Aggregator:
         return Aggregator(self.config.limits, aggregation_settings(self.config), self.clock.now())
@@ -129,5 +126,4 @@ class Pipeline:
             flush.last_records = len(view)
             flush.last_duration_s = took
             flush.total_duration_s += took
-            self.last_view = view
         return view

@@ -115,16 +115,6 @@ class Cell:
                 self.sketch = Sketch()
             self.sketch.merge_many(sketches)
 
-    def copy(self) -> Cell:
-        clone = Cell(
-            sketch=self.sketch.copy() if self.sketch is not None else None,
-            members=set(self.members) if self.members is not None else None,
-        )
-        clone.count, clone.sum, clone.min, clone.max = self.count, self.sum, self.min, self.max
-        clone.sum_squares = self.sum_squares
-        clone.last = self.last
-        return clone
-
     @property
     def is_empty(self) -> bool:
         if self.members is not None:

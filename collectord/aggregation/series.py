@@ -196,6 +196,3 @@ class SeriesTable:
     def distinct_tag_values(self, tenant: str, name: str) -> dict[str, int]:
         per_key = self._tag_values.get((tenant, name), {})
         return {tag_key: len(values) for tag_key, values in per_key.items()}
-
-    def names(self, tenant: str) -> list[str]:
-        return sorted(name for (t, name) in self.by_name if t == tenant)
