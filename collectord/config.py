@@ -441,6 +441,35 @@ class Influx(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token: Annotated[Secret, Meta(description="API token; pass it as COLLECTORD_INFLUX_TOKEN.")] = ""
     org: Annotated[str, Meta(description="Organization; required when url is set.")] = ""
     bucket: Annotated[str, Meta(description="Bucket; required when url is set.")] = ""
+    precision: Annotated[
+        Literal["s", "ms", "us", "ns"],
+        Meta(description="Timestamp precision of the points written (each point is stamped with its slice's start)."),
+    ] = "s"
+    batch_size: Annotated[
+        int,
+        Meta(ge=1, le=1_000_000, description="Lines (points) per write request, gzip-compressed."),
+    ] = 5000
+    timeout: Annotated[Duration, Meta(gt=0, description="Time allowed for one write request.")] = 10.0
+    spool_max_bytes: Annotated[
+        Size,
+        Meta(
+            ge=1 << 16,
+            description="Disk the spool of unsent flushes may use (data_dir/spool/influx); when a "
+            "new flush would pass it, the oldest unsent flushes are dropped, logged and counted.",
+        ),
+    ] = 256 << 20
+    retry_max: Annotated[
+        Duration,
+        Meta(gt=0, description="Longest wait between retries while the server is away or failing (5xx, 429)."),
+    ] = 30.0
+    auth_retry: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="Wait between retries after 401, 403 or 404 (token, org or bucket wrong): "
+            "the spool is kept until the server accepts it.",
+        ),
+    ] = 60.0
 
 
 class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
