@@ -87,9 +87,10 @@ def influx_throughput(url: str, series: int, flushes: int) -> None:
 
         sent = asyncio.run(drain())
         status = sink.status()
+    per_flush = spooled / flushes * 1000
     print(
-        f"influx: {series:,} series x {flushes} flushes = {lines:,} points ({spool_bytes / lines:.0f} B/point spooled)\n"
-        f"  encode + spool: {spooled:.2f} s = {lines / spooled:,.0f} points/s ({spooled / flushes * 1000:.0f} ms per flush)\n"
+        f"influx: {series:,} series x {flushes} flushes = {lines:,} points ({spool_bytes / lines:.0f} B/point)\n"
+        f"  encode + spool: {spooled:.2f} s = {lines / spooled:,.0f} points/s ({per_flush:.0f} ms per flush)\n"
         f"  send (gzip, batches of 5000) to {url}: {sent:.2f} s = {lines / sent:,.0f} points/s\n"
         f"  written {status.written:,}, errors {status.errors}, queued {status.queued}"
     )

@@ -37,7 +37,7 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 
 from collectord.config import Config
 from collectord.sinks.base import Backoff, Flush, SinkStatus
-from collectord.sinks.influx_lines import encode_points
+from collectord.sinks.influx_lines import PointEncoder
 from collectord.sinks.spool import Segment, Spool
 
 log = logging.getLogger("collectord.sinks.influx")
@@ -101,6 +101,7 @@ class InfluxSink:
         self.interval = float(config.aggregate.flush_interval)
         self.source = config.instance.source_id()
         self.spool = Spool(directory, influx.spool_max_bytes, config.storage.fsync)
+        self._encoder = PointEncoder(self.interval, self.source, influx.precision)
         self.spool.open()
         self._client_factory = client_factory or self._default_client
         self._client: InfluxDBClientAsync | None = None
@@ -113,6 +114,7 @@ class InfluxSink:
         self._pending: tuple[asyncio.Task[bool], Segment, int, int] | None = None
         self._status = SinkStatus(self.name)
         self._delay = 0.0
+        self._sleep = asyncio.sleep  # tests make waiting instant
         self._refusal: tuple[int, str] = (0, "")
         self._offered_until = self.spool.spooled_until
         self._dropped_full = 0
@@ -142,7 +144,7 @@ class InfluxSink:
             return  # replayed: spooled (and maybe sent) before the restart
         floor = spool.spooled_until
         records = [record for record in flush.view if record.period_start >= floor]
-        lines = encode_points(records, self.interval, self.source, self.settings.precision)
+        lines = self._encoder.encode(records)
         if not lines:
             spool.note_spooled(flush.closed_until)
             return
@@ -177,6 +179,8 @@ class InfluxSink:
                 await self._wake.wait()
                 continue
             try:
+                if self.spool.unsynced:
+                    await asyncio.to_thread(self.spool.sync_pending)
                 await self._send(segment, draining=False)
             except OSError as error:
                 # The spool's disk refused (cursor or set-aside write): try again later.
@@ -291,7 +295,7 @@ class InfluxSink:
             pass
         outcome = await self._outcome_of(task, segment, first, len(batch))
         if outcome == "later" and not draining:
-            await asyncio.sleep(self._delay)
+            await self._sleep(self._delay)
         return outcome
 
     async def _outcome_of(self, task: asyncio.Task[bool], segment: Segment, first: int, count: int) -> Outcome:

@@ -8,8 +8,9 @@
     rejected/                                          batches the server refused for good
 
 Every file is written to a temporary name and renamed, so a kill -9 leaves either the whole
-file or none of it; with `fsync` other than "never" the data is forced to disk before the
-rename (a power failure loses no spooled flush). A segment's name carries the slice boundary
+file or none of it. With `fsync = "always"` the data is forced to disk before the rename (a
+power failure loses no spooled flush); with "interval" the sender forces it soon after, in a
+thread; with "never" the OS decides. A segment's name carries the slice boundary
 its flush closed, so after a crash `spooled_until` is the newest of the names and the marker:
 the flushes a replay produces again are recognised and not spooled twice.
 """
@@ -65,6 +66,8 @@ class Spool:
         # The segment the sender is writing: never dropped under it.
         self.in_flight: str | None = None
         self._cursor: tuple[str, int] | None = None
+        # Segments written under fsync = "interval", synced later off the event loop.
+        self.unsynced: list[str] = []
 
     # ------------------------------------------------------------------ opening
 
@@ -128,7 +131,7 @@ class Spool:
             return []
         data = b"\n".join(lines) + b"\n"
         dropped = self._make_room(len(data))
-        sync = self.fsync != "never"
+        sync = self.fsync == "always"
         name = segment_name(closed_until, len(lines), precision)
         self._write_atomically(self.directory / name, data, sync)
         self.segments.append(Segment(name, closed_until, len(lines), precision, len(data)))
@@ -137,7 +140,24 @@ class Spool:
         self._write_atomically(self.directory / MARKER, f"{closed_until}\n".encode(), False)
         if sync:
             self._sync_directory()
+        elif self.fsync == "interval":
+            self.unsynced.append(name)
         return dropped
+
+    def sync_pending(self) -> None:
+        """fsync the segments written since the last call, then the directory (in a thread:
+        with fsync = "interval" a power failure may lose the last flushes, as with the log)."""
+        names, self.unsynced = self.unsynced, []
+        for name in names:
+            try:
+                fd = os.open(self.directory / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # sent or dropped already
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._sync_directory()
 
     def note_spooled(self, closed_until: int) -> None:
         """A flush with nothing to write, or one a checkpoint says was spooled already."""
