@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.integration.daemon import RunningDaemon, start_daemon
 
 pytestmark = pytest.mark.integration
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,7 +49,7 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"{CHROMIUM} is missing: scripts/services installs Debian's chromium")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\ndashboard screenshots: {ARTEFACTS}")
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
