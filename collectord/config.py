@@ -371,6 +371,14 @@ class Storage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "(nothing accepted is lost: it is in the log).",
         ),
     ] = 30.0
+    sink_drain_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="Part of a clean stop spent letting sinks write what they hold; what is left "
+            "is written after the next start (sinks resume from their checkpointed high-water mark).",
+        ),
+    ] = 10.0
 
     def resolve_data_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """The directory to use: `data_dir`, else systemd's, else the XDG state directory."""
