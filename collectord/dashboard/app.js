@@ -221,10 +221,11 @@
       ["lastFlush", withUnit(stats.flush?.lastDurationMs, "ms", 1)],
     ];
     if (stats.wal) cards.push(["walPending", withUnit(stats.wal.pendingBytes, "bytes", 0)]);
-    // Sinks report how far behind they are once they exist (`sinks.<name>.lagSeconds`).
+    // How far each configured sink is behind the newest flush (`sinks.<name>.lagSeconds`).
     for (const [sink, info] of Object.entries(stats.sinks ?? {})) {
       if (info && typeof info.lagSeconds === "number") {
-        cards.push([`sink:${sink}`, withUnit(info.lagSeconds, "s", 1), t("sinkLag", { sink })]);
+        const lag = withUnit(info.lagSeconds, "s", 1);
+        cards.push([`sink:${sink}`, info.connected === false ? `${lag} ${t("sinkDisconnected")}` : lag, t("sinkLag", { sink })]);
       }
     }
     for (const [key, value, label] of cards) {
