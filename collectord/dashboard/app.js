@@ -21,7 +21,6 @@
     lang: "en",
     token: sessionStorage.getItem(TOKEN_KEY) || "",
     metrics: new Map(), // name -> {type, series, lastSeen, tags: Map key -> Set values}
-    seriesTotal: 0,
     stats: null,
     previous: null, // {packets, lines, at} for rates between two polls
     query: { metric: "", range: "-1h", granularity: "1m", aggregation: "AVG", filters: {}, groupBy: [] },
@@ -261,14 +260,14 @@
       }
     }
     state.metrics = metrics;
-    state.seriesTotal = answer.totalCount;
     const names = $("metric-names");
     names.replaceChildren(...[...metrics.keys()].map((name) => new Option(name)));
     renderSeries();
-    renderTags();
+    renderTags(true);
   }
 
   function renderSeries() {
+    const focusedMetric = document.activeElement?.classList.contains("series-item") ? document.activeElement.dataset.metric : null;
     const needle = $("series-search").value.trim().toLowerCase();
     const matching = [...state.metrics.entries()].filter(([name]) => name.toLowerCase().includes(needle));
     const shown = matching.slice(0, SERIES_SHOWN);
@@ -298,6 +297,7 @@
         return item;
       }),
     );
+    if (focusedMetric) list.querySelector(`button[data-metric="${CSS.escape(focusedMetric)}"]`)?.focus();
   }
 
   function pickMetric(name) {
@@ -318,11 +318,20 @@
   }
 
   // One row per tag key of the chosen metric: a value filter and a group-by switch.
-  function renderTags() {
-    const metric = state.metrics.get($("metric").value.trim());
+  // `refresh` (a periodic reload): keep the rows, the user's unsent choices and the focus
+  // unless the metric's tag keys or values changed.
+  function renderTags(refresh = false) {
+    const name = $("metric").value.trim();
+    const metric = state.metrics.get(name);
     const rows = $("tag-rows");
+    const signature = metric ? JSON.stringify([...metric.tags.entries()].map(([k, v]) => [k, [...v].sort()]).sort()) : "";
+    const sameRows = rows.dataset.metric === name;
+    if (refresh && sameRows && rows.dataset.signature === signature) return;
+    const chosen = sameRows ? readTagRows() : { filters: state.query.filters, groupBy: state.query.groupBy };
+    const focused = document.activeElement?.closest?.("#tag-rows") ? document.activeElement : null;
     rows.replaceChildren();
-    rows.dataset.metric = metric ? $("metric").value.trim() : "";
+    rows.dataset.metric = metric ? name : "";
+    rows.dataset.signature = signature;
     offerAggregations(metric);
     $("tags").hidden = !metric || metric.tags.size === 0;
     if (!metric) return;
@@ -337,17 +346,32 @@
       select.dataset.tag = key;
       select.append(new Option(t("anyValue"), ""));
       for (const value of [...metric.tags.get(key)].sort()) select.append(new Option(value, value));
-      select.value = state.query.filters[key] ?? "";
+      select.value = chosen.filters[key] ?? "";
       const group = document.createElement("label");
       group.className = "check";
       const box = document.createElement("input");
       box.type = "checkbox";
       box.dataset.groupBy = key;
-      box.checked = state.query.groupBy.includes(key);
+      box.checked = chosen.groupBy.includes(key);
       group.append(box, ` ${t("groupBy", { key })}`);
       row.append(label, select, group);
       rows.append(row);
     });
+    if (focused) {
+      const again = focused.dataset.tag
+        ? rows.querySelector(`select[data-tag="${CSS.escape(focused.dataset.tag)}"]`)
+        : rows.querySelector(`input[data-group-by="${CSS.escape(focused.dataset.groupBy ?? "")}"]`);
+      again?.focus();
+    }
+  }
+
+  function readTagRows() {
+    const filters = {};
+    for (const select of document.querySelectorAll("#tag-rows select")) {
+      if (select.value) filters[select.dataset.tag] = select.value;
+    }
+    const groupBy = [...document.querySelectorAll("#tag-rows input:checked")].map((box) => box.dataset.groupBy);
+    return { filters, groupBy };
   }
 
   // ---- the chart -------------------------------------------------------------------------
@@ -360,16 +384,9 @@
     query.granularity = $("granularity").value;
     query.aggregation = $("aggregation").value;
     // The tag rows may still show another metric's keys (a name typed and submitted at once).
-    if ($("tag-rows").dataset.metric !== metric) {
-      query.filters = {};
-      query.groupBy = [];
-    } else {
-      query.filters = {};
-      for (const select of document.querySelectorAll("#tag-rows select")) {
-        if (select.value) query.filters[select.dataset.tag] = select.value;
-      }
-      query.groupBy = [...document.querySelectorAll("#tag-rows input:checked")].map((box) => box.dataset.groupBy);
-    }
+    const chosen = $("tag-rows").dataset.metric === metric ? readTagRows() : { filters: {}, groupBy: [] };
+    query.filters = chosen.filters;
+    query.groupBy = chosen.groupBy;
   }
 
   function queryParams() {

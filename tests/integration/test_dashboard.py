@@ -324,6 +324,69 @@ def test_a_polish_first_load_with_a_chart_is_small_and_fast(browser: Any, fed_da
     assert render_ms < MAX_RENDER_MS
 
 
+def test_live_mode_reads_the_sse_stream_of_the_contract(browser: Any, fed_daemon: RunningDaemon) -> None:
+    """The stream as CONTRACT.md gives it (served here by the browser itself, so the page's
+    reader is tested whether or not the daemon's stream has landed): comments and heartbeats are
+    skipped, CRLF line ends and multi-line data are read, other metrics ignored."""
+    feed_history(fed_daemon)
+    fed_daemon.send_udp(b"dash.load:1250.25|g")
+    now_ms = int(time.time() * 1000)
+    sample = '{"name": "dash.load", "type": "GAUGE",\r\ndata: "value": 1250.25, "tags": {}, "timestamp": ' + str(now_ms)
+    other = '{"name": "other.metric", "type": "GAUGE", "value": 1, "tags": {}, "timestamp": 0}'
+    body = (
+        ": connected\r\n\r\n"
+        "event: heartbeat\r\ndata: {}\r\n\r\n"
+        f"event: metric\r\ndata: {other}\r\n\r\n"
+        f"event: metric\r\ndata: {sample}}}\r\n\r\n"
+    )
+    asked: list[dict[str, str]] = []
+
+    def stream(route: Any) -> None:
+        asked.append(route.request.headers)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    context = browser.new_context(locale="pl-PL", timezone_id="Europe/Warsaw")
+    context.set_default_timeout(10000)
+    context.route("**/api/v1/stream?*", stream)
+    page = context.new_page()
+    console = Console(page)
+    page.goto(fed_daemon.url("/#metric=dash.load&aggregation=AVG&granularity=1m&range=-1h"))
+    page.wait_for_selector("html[data-ready]")
+    page.click("#live")
+    page.wait_for_selector("#live-status[data-events='1']")
+    assert asked[0]["accept"] == "text/event-stream"
+    assert "authorization" not in asked[0]  # no token configured, none sent
+    status = page.text_content("#live-status") or ""
+    assert f"Ostatnia próbka: 1{NBSP}250,25 o " in status
+    page.wait_for_selector('svg.plot circle.pt[data-v="1250.25"]')
+    assert console.unexpected() == []
+    context.close()
+
+
+def test_tag_values_are_shown_as_text_never_as_markup(browser: Any, fed_daemon: RunningDaemon) -> None:
+    hostile = "<img src=x onerror=window.pwned=1>"
+    fed_daemon.send_udp(f"dash.hostile:1|c|#note:{hostile}".encode())
+    fed_daemon.wait_for(lambda: fed_daemon.stats()["accepted"] >= 1)
+    context = browser.new_context(locale="en-GB")
+    context.set_default_timeout(10000)
+    page = context.new_page()
+    console = Console(page)
+    page.goto(fed_daemon.url("/"))
+    page.click('button.series-item[data-metric="dash.hostile"]')
+    page.check('input[data-group-by="note"]')
+    page.click("#show")
+    chart_query(page, "group_by=note")
+    assert page.eval_on_selector_all('select[data-tag="note"] option', "els => els.map(e => e.textContent)") == [
+        "any value",
+        hostile,
+    ]
+    assert page.text_content("#legend li") == f"note={hostile}"
+    assert page.evaluate("window.pwned") is None
+    assert page.query_selector("img") is None
+    assert console.unexpected() == []
+    context.close()
+
+
 def test_with_tokens_the_page_asks_for_one_and_sends_it_only_as_a_bearer_header(browser: Any, tmp_path: Path) -> None:
     secret = "dash-reader-secret"
     digest = hashlib.sha256(secret.encode()).hexdigest()
