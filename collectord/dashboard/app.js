@@ -224,7 +224,8 @@
     for (const [sink, info] of Object.entries(stats.sinks ?? {})) {
       if (info && typeof info.lagSeconds === "number") {
         const lag = withUnit(info.lagSeconds, "s", 1);
-        cards.push([`sink:${sink}`, info.connected === false ? `${lag} ${t("sinkDisconnected")}` : lag, t("sinkLag", { sink })]);
+        const shown = info.connected === false ? `${lag} ${t("sinkDisconnected")}` : lag;
+        cards.push([`sink:${sink}`, shown, t("sinkLag", { sink })]);
       }
     }
     for (const [key, value, label] of cards) {
@@ -267,11 +268,13 @@
   }
 
   function renderSeries() {
-    const focusedMetric = document.activeElement?.classList.contains("series-item") ? document.activeElement.dataset.metric : null;
+    const active = document.activeElement;
+    const focusedMetric = active?.classList.contains("series-item") ? active.dataset.metric : null;
     const needle = $("series-search").value.trim().toLowerCase();
     const matching = [...state.metrics.entries()].filter(([name]) => name.toLowerCase().includes(needle));
     const shown = matching.slice(0, SERIES_SHOWN);
-    $("series-count").textContent = t("seriesCount", { shown: number(shown.length), total: number(state.metrics.size) });
+    const counts = { shown: number(shown.length), total: number(state.metrics.size) };
+    $("series-count").textContent = t("seriesCount", counts);
     const list = $("series-list");
     list.replaceChildren(
       ...shown.map(([name, metric]) => {
@@ -324,7 +327,8 @@
     const name = $("metric").value.trim();
     const metric = state.metrics.get(name);
     const rows = $("tag-rows");
-    const signature = metric ? JSON.stringify([...metric.tags.entries()].map(([k, v]) => [k, [...v].sort()]).sort()) : "";
+    const tags = metric ? [...metric.tags.entries()].map(([key, values]) => [key, [...values].sort()]) : [];
+    const signature = JSON.stringify(tags.sort());
     const sameRows = rows.dataset.metric === name;
     if (refresh && sameRows && rows.dataset.signature === signature) return;
     const chosen = sameRows ? readTagRows() : { filters: state.query.filters, groupBy: state.query.groupBy };
@@ -462,7 +466,8 @@
     const groups = new Map();
     for (const row of answer.data) {
       if (row.value === null || row.value === undefined) continue;
-      const label = keys.length ? keys.map((key) => `${key}=${row.tags[key] || t("noTag")}`).join(", ") : t("allSeries");
+      const named = keys.map((key) => `${key}=${row.tags[key] || t("noTag")}`);
+      const label = keys.length ? named.join(", ") : t("allSeries");
       if (!groups.has(label)) groups.set(label, []);
       groups.get(label).push({ t: Date.parse(row.periodStart), v: row.value });
     }
@@ -490,7 +495,8 @@
     box.replaceChildren();
     $("legend").replaceChildren();
     $("table").replaceChildren();
-    $("chart-title").textContent = state.query.metric ? t("chartTitleFor", { metric: state.query.metric }) : t("chartTitle");
+    const metric = state.query.metric;
+    $("chart-title").textContent = metric ? t("chartTitleFor", { metric }) : t("chartTitle");
     if (!answer) {
       box.textContent = t("chooseMetric");
       return;
@@ -550,12 +556,14 @@
     const step = STEPS_MS.find((ms) => span / ms <= (narrow ? 4 : 7)) ?? STEPS_MS[STEPS_MS.length - 1];
     const offset = -new Date(start).getTimezoneOffset() * 60e3; // ticks on local boundaries
     for (let tick = Math.ceil((start + offset) / step) * step - offset; tick <= end; tick += step) {
-      node("line", { x1: x(tick), x2: x(tick), y1: margin.top + plotH, y2: margin.top + plotH + 4, class: "axis" }, axes);
-      const label = node("text", { x: x(tick), y: margin.top + plotH + 18, "text-anchor": "middle", class: "tick" }, axes);
+      const bottom = margin.top + plotH;
+      node("line", { x1: x(tick), x2: x(tick), y1: bottom, y2: bottom + 4, class: "axis" }, axes);
+      const label = node("text", { x: x(tick), y: bottom + 18, "text-anchor": "middle", class: "tick" }, axes);
       label.textContent = date(tick, step >= 86400e3 ? "dayMonth" : "time");
     }
     node("line", { x1: margin.left, x2: margin.left + plotW, y1: y(low), y2: y(low), class: "axis" }, axes);
-    const xTitle = node("text", { x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle", class: "axis-title" }, axes);
+    const middle = margin.left + plotW / 2;
+    const xTitle = node("text", { x: middle, y: height - 6, "text-anchor": "middle", class: "axis-title" }, axes);
     xTitle.textContent = t("axisTime");
     const yTitle = node("text", {
       transform: `translate(12 ${margin.top + plotH / 2}) rotate(-90)`,
@@ -673,7 +681,8 @@
   async function readStream(controller) {
     const headers = { Accept: "text/event-stream" };
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
-    const response = await fetch(`/api/v1/stream?${streamParams()}`, { headers, signal: controller.signal, cache: "no-store" });
+    const options = { headers, signal: controller.signal, cache: "no-store" };
+    const response = await fetch(`/api/v1/stream?${streamParams()}`, options);
     if (response.status === 404) {
       state.streamMissing = true;
       return startPolling();
@@ -774,7 +783,8 @@
     const blob = await api(`/api/v1/query?${params}`, "text/csv");
     const now = new Date();
     const pad = (n) => String(n).padStart(2, "0");
-    const stamp = `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}`;
+    const day = `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}`;
+    const stamp = `${day}-${pad(now.getHours())}${pad(now.getMinutes())}`;
     const file = `${state.query.metric}-${stamp}.csv`;
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
