@@ -271,7 +271,7 @@ def test_dashboard_in_a_real_browser(browser: Any, fed_daemon: RunningDaemon) ->
     page.wait_for_selector('svg.plot circle.pt[data-v="1262.5"]', timeout=15000)
     if live_by_stream:
         assert int(page.get_attribute("#live-status", "data-events") or 0) >= 1
-        assert "1262,5" in (page.text_content("#live-status") or "")
+        assert f"1{NBSP}262,5" in (page.text_content("#live-status") or "")
     assert page_points(page, any_group=True) == api_points(daemon, chart_query(page, "metric=dash.load"))
     page.screenshot(path=str(ARTEFACTS / "pl-1280-live.png"), full_page=True)  # docs/dashboard-pl.png
 
