@@ -721,7 +721,8 @@
       if (field === "event") name = value;
       else if (field === "data") data.push(value);
     }
-    if (name !== "metric" || !data.length) return;
+    // The contract names sample events `metric`; unnamed ones are read too if they carry a sample.
+    if ((name !== "metric" && name !== "message") || !data.length) return;
     let sample;
     try {
       sample = JSON.parse(data.join("\n"));
