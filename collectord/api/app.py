@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from collectord.api.auth import Authenticator
+from collectord.api.dashboard_api import DashboardApi
 from collectord.api.errors import error_middleware
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
@@ -22,4 +23,5 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())
     app.add_routes(WriteApi(pipeline, auth).routes())
+    app.add_routes(DashboardApi().routes())
     return app, stats
