@@ -493,6 +493,32 @@ class Auth(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = msgspec.field(default_factory=list)
 
 
+class Streams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Live streams (SSE and WebSocket) of samples as they arrive."""
+
+    queue_size: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1_000_000,
+            description="Events held per stream client; when a slow client lets it overflow, the "
+            "oldest are dropped and a `dropped` event says how many.",
+        ),
+    ] = 1000
+    max_per_tenant: Annotated[
+        int,
+        Meta(ge=1, le=100_000, description="Streams one tenant may hold open at once; beyond it a new one is a 429."),
+    ] = 100
+    heartbeat_interval: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            le=300,
+            description="A quiet stream sends a heartbeat this often, so clients and proxies see it is alive.",
+        ),
+    ] = 5.0
+
+
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The daemon's own log, written to stderr."""
 
@@ -513,6 +539,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     influx: Influx = msgspec.field(default_factory=Influx)
     redis: Redis = msgspec.field(default_factory=Redis)
     auth: Auth = msgspec.field(default_factory=Auth)
+    streams: Streams = msgspec.field(default_factory=Streams)
     log: Log = msgspec.field(default_factory=Log)
 
 

@@ -8,6 +8,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import error_middleware
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
+from collectord.api.stream_api import STREAM_TASKS, StreamApi
 from collectord.api.write_api import WriteApi
 from collectord.pipeline import Pipeline
 
@@ -22,4 +23,7 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())
     app.add_routes(WriteApi(pipeline, auth).routes())
+    app[STREAM_TASKS] = set()
+    app.add_routes(StreamApi(pipeline, auth, pipeline.config.streams.heartbeat_interval).routes())
+    app.on_shutdown.append(StreamApi.on_shutdown)
     return app, stats

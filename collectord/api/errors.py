@@ -35,17 +35,21 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     )
 
 
-def error_response(request: web.Request, error: ApiError) -> web.Response:
+def error_body(request: web.Request, error: ApiError) -> dict[str, object]:
+    """The contract's error document, in the language the request prefers."""
     language = language_of(request.headers.get("Accept-Language"))
-    body = {
+    return {
         "error": {
             "code": error.code,
             "message": message(error.code, language, error.params),
             "details": error.details,
         }
     }
-    response = json_response(body, status=error.status)
-    response.headers["Content-Language"] = language
+
+
+def error_response(request: web.Request, error: ApiError) -> web.Response:
+    response = json_response(error_body(request, error), status=error.status)
+    response.headers["Content-Language"] = language_of(request.headers.get("Accept-Language"))
     return response
 
 

@@ -96,6 +96,23 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "The daemon cannot store writes right now (its data directory is full or unwritable); nothing was kept",
         "Demon nie może teraz zapisywać danych (katalog danych jest pełny lub niezapisywalny); nic nie zapisano",
     ),
+    "too_many_streams": (
+        "This tenant already has {max} streams open; close one or raise streams.max_per_tenant",
+        "Ten najemca ma już otwartych {max} strumieni; zamknij któryś lub zwiększ streams.max_per_tenant",
+    ),
+    "websocket_required": (
+        "This endpoint speaks WebSocket only (send Upgrade: websocket)",
+        "Ten punkt końcowy obsługuje wyłącznie WebSocket (wyślij Upgrade: websocket)",
+    ),
+    "invalid_subscription": (
+        'Invalid subscription (expected {{"subscribe": {{"metricNames": [1..5 names], "tags": {{}}}}}}): {reason}',
+        'Nieprawidłowa subskrypcja (oczekiwano {{"subscribe": {{"metricNames": [1..5 nazw], "tags": {{}}}}}}): '
+        "{reason}",
+    ),
+    "subscribe_timeout": (
+        "No subscription arrived within {seconds} seconds of connecting",
+        "Subskrypcja nie nadeszła w ciągu {seconds} sekund od połączenia",
+    ),
     "internal": (
         "Internal error; the daemon keeps running (see its log)",
         "Błąd wewnętrzny; demon działa dalej (szczegóły w jego logu)",

@@ -10,43 +10,21 @@ import math
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
-from msgspec import Meta
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
-from collectord.limits import NAME_PATTERN
+from collectord.api.schemas import BatchIn, MetricIn
 from collectord.model import KIND_OF_TYPE, MetricType, Sample
 from collectord.pipeline import Pipeline
 from collectord.protocols.line import PRECISIONS
 from collectord.ring import PAYLOAD_SAMPLES, Batch
 from collectord.storage.journal import JournalUnavailable
 
-MAX_BATCH = 500
-TagKey = Annotated[str, Meta(min_length=1, max_length=50)]
-TagValue = Annotated[str, Meta(max_length=100)]
 # InfluxDB v1 names precisions n/u/ms/s; v2 ns/us/ms/s.
 V1_PRECISION = {"n": "ns", "ns": "ns", "u": "us", "us": "us", "ms": "ms", "s": "s"}
-
-
-class MetricIn(msgspec.Struct, forbid_unknown_fields=True):
-    """The seed's MetricSchema, declared once; the handlers and the OpenAPI use it."""
-
-    name: Annotated[str, Meta(min_length=1, max_length=255, pattern=NAME_PATTERN)]
-    value: float
-    type: Literal["COUNTER", "GAUGE", "HISTOGRAM", "SUMMARY"]
-    tags: Annotated[dict[TagKey, TagValue], Meta(max_length=20)] = msgspec.field(default_factory=dict)
-    timestamp: str | int | None = None
-    unit: Annotated[str, Meta(max_length=50)] | None = None
-    aggregationType: Literal["AVG", "SUM", "MIN", "MAX", "COUNT", "P50", "P90", "P95", "P99"] | None = None
-    id: uuid.UUID | None = None
-
-
-class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    metrics: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 def _timestamp(raw: str | int | None) -> float | None:
