@@ -7,6 +7,7 @@ and the validation cannot drift apart.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from collectord.limits import NAME_PATTERN
 
 MAX_BATCH = 500
 MAX_TAGS = 20
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 MetricName = Annotated[
     str,
@@ -36,8 +38,8 @@ class MetricIn(msgspec.Struct, forbid_unknown_fields=True):
     type: MetricTypeName
     tags: Tags = msgspec.field(default_factory=dict)
     timestamp: (
-        Annotated[str, Meta(description="RFC 3339 with a time zone")]
-        | Annotated[int, Meta(ge=0, description="epoch milliseconds")]
+        Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone")]
+        | Annotated[int, Meta(ge=0, le=MAX_EPOCH_MS, description="epoch milliseconds")]
         | None
     ) = None
     unit: Annotated[str, Meta(max_length=50)] | None = None

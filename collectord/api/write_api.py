@@ -6,18 +6,18 @@ policy); when the log cannot take writes the answer is 503 and nothing is kept.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from datetime import datetime
 
 import msgspec
 from aiohttp import web
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
-from collectord.api.schemas import BatchIn, MetricIn
-from collectord.model import KIND_OF_TYPE, MetricType, Sample
+from collectord.api.messages import language_of, message
+from collectord.api.schemas import MAX_BATCH, BatchIn
+from collectord.api.validation import FieldError, decode_metric
+from collectord.model import Sample
 from collectord.pipeline import Pipeline
 from collectord.protocols.line import PRECISIONS
 from collectord.ring import PAYLOAD_SAMPLES, Batch
@@ -27,33 +27,11 @@ from collectord.storage.journal import JournalUnavailable
 V1_PRECISION = {"n": "ns", "ns": "ns", "u": "us", "us": "us", "ms": "ms", "s": "s"}
 
 
-def _timestamp(raw: str | int | None) -> float | None:
-    if raw is None:
-        return None
-    if isinstance(raw, int):
-        return raw / 1000.0
-    moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError("timestamp needs a time zone")
-    return moment.timestamp()
-
-
-def to_sample(metric: MetricIn) -> Sample:
-    """A validated metric as a sample; ValueError names what is wrong."""
-    if not math.isfinite(metric.value):
-        raise ValueError("Expected a finite number - at `$.value`")
-    try:
-        when = _timestamp(metric.timestamp)
-    except ValueError:
-        raise ValueError("Expected RFC 3339 with a zone or epoch milliseconds - at `$.timestamp`") from None
-    kind = KIND_OF_TYPE[MetricType(metric.type)]
-    return ((metric.name, tuple(sorted(metric.tags.items()))), kind, metric.value, 1.0, when)
-
-
 class WriteApi:
     def __init__(self, pipeline: Pipeline, auth: Authenticator) -> None:
         self.pipeline = pipeline
         self.auth = auth
+        self.late_allowance = float(pipeline.config.aggregate.late_allowance)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -63,43 +41,56 @@ class WriteApi:
             web.post("/write", self.write_v1),
         ]
 
-    def _keep(self, tenant: str, samples: list[Sample]) -> None:
+    def _keep(self, tenant: str, samples: list[Sample], received: float | None = None) -> None:
         if not samples:
             return
+        at = time.time() if received is None else received
         try:
-            self.pipeline.write_acknowledged(Batch(tenant, samples, time.time(), PAYLOAD_SAMPLES))
+            self.pipeline.write_acknowledged(Batch(tenant, samples, at, PAYLOAD_SAMPLES))
         except JournalUnavailable as error:
             raise ApiError(503, "storage_unavailable", details={"reason": str(error)}) from error
 
     async def record(self, request: web.Request) -> web.StreamResponse:
         principal = self.auth.require(request, "write")
         body = await request.read()
+        received = time.time()
         try:
-            metric = msgspec.json.decode(body, type=MetricIn)
-            sample = to_sample(metric)
-        except (msgspec.DecodeError, ValueError) as error:
-            raise ApiError(400, "invalid_metric", details={"reason": str(error)}, reason=str(error)) from None
-        self._keep(principal.tenant, [sample])
+            metric, sample = decode_metric(body, received, self.late_allowance)
+        except FieldError as error:
+            reason = error.reason(language_of(request.headers.get("Accept-Language")))
+            details = {"field": error.field, "reason": reason}
+            raise ApiError(400, "invalid_metric", details=details, reason=reason) from None
+        self._keep(principal.tenant, [sample], received)
         return json_response({"metricId": str(metric.id or uuid.uuid4())}, status=201)
 
     async def record_batch(self, request: web.Request) -> web.StreamResponse:
+        """Valid items are kept and answered in `successful`; each invalid one in `failed`
+        with its index, id and the field it failed on. A body that is not a batch keeps nothing."""
         principal = self.auth.require(request, "write")
+        language = language_of(request.headers.get("Accept-Language"))
         body = await request.read()
+        received = time.time()
         try:
             batch = msgspec.json.decode(body, type=BatchIn)
-        except (msgspec.DecodeError, ValueError) as error:
-            raise ApiError(400, "invalid_batch", details={"reason": str(error)}, reason=str(error)) from None
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            reason = message(batch_problem(error), language, {"max": MAX_BATCH})
+            raise ApiError(
+                400, "invalid_batch", details={"reason": reason, "detail": str(error)}, reason=reason
+            ) from None
         successful: list[str] = []
         failed: list[dict[str, object]] = []
         samples: list[Sample] = []
         for index, raw in enumerate(batch.metrics):
             try:
-                metric = msgspec.json.decode(raw, type=MetricIn)
-                samples.append(to_sample(metric))
-                successful.append(str(metric.id or uuid.uuid4()))
-            except (msgspec.DecodeError, ValueError) as error:
-                failed.append({"index": index, "id": _raw_id(raw), "error": str(error)})
-        self._keep(principal.tenant, samples)
+                metric, sample = decode_metric(raw, received, self.late_allowance)
+            except FieldError as error:
+                failed.append(
+                    {"index": index, "id": _raw_id(raw), "field": error.field, "error": error.reason(language)}
+                )
+                continue
+            samples.append(sample)
+            successful.append(str(metric.id or uuid.uuid4()))
+        self._keep(principal.tenant, samples, received)
         return json_response({"successful": successful, "failed": failed})
 
     async def write_v2(self, request: web.Request) -> web.StreamResponse:
@@ -129,6 +120,15 @@ class WriteApi:
                 reason=rejection.reason,
             )
         return web.Response(status=204)
+
+
+def batch_problem(error: msgspec.DecodeError) -> str:
+    """The catalogue code for why a body is not a batch at all."""
+    if not isinstance(error, msgspec.ValidationError):
+        return "body_not_json"
+    if "length" in str(error) and "$.metrics" in str(error):
+        return "batch_size"
+    return "batch_shape"
 
 
 def _raw_id(raw: msgspec.Raw) -> object:

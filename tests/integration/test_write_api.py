@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import uuid
 
 import pytest
@@ -41,6 +42,31 @@ def test_batch_keeps_valid_items_and_names_each_failure(daemon: RunningDaemon) -
     assert "timestamp" in failed[2]["error"]
     assert "value" in failed[4]["error"] and "type" in failed[5]["error"] and "tags" in failed[6]["error"]
     assert daemon.total("batch.ok") == 4.0
+    assert failed[1]["field"] == "name" and failed[6]["field"] == "tags"
+
+
+def test_batch_failures_in_polish_and_the_time_window(daemon: RunningDaemon) -> None:
+    items = [
+        {"name": "pl.ok", "value": 1, "type": "GAUGE", "timestamp": int(time.time() * 1000)},
+        {"name": "pl ok", "value": 1, "type": "GAUGE", "id": "0b0c4e9e-4a5e-4b8e-9a43-2f1c7e0f3d11"},
+        {"name": "pl.ok", "value": 1, "type": "GAUGE", "timestamp": "2001-01-01T00:00:00Z"},
+        {"name": "pl.ok", "type": "GAUGE"},
+        ["not", "an", "object"],
+    ]
+    headers = {**JSON, "Accept-Language": "pl-PL,pl;q=0.9,en;q=0.5"}
+    status, reply = daemon.post("/api/v1/metrics/batch", json.dumps({"metrics": items}).encode(), headers)
+    assert status == 200 and len(reply["successful"]) == 1
+    failed = reply["failed"]
+    assert [f["index"] for f in failed] == [1, 2, 3, 4]
+    assert failed[0]["id"] == "0b0c4e9e-4a5e-4b8e-9a43-2f1c7e0f3d11"
+    assert failed[0]["error"].startswith("name: Nieprawidłowa nazwa metryki")
+    assert failed[1]["error"].startswith("timestamp: poza dopuszczalnym oknem")
+    assert failed[2]["error"] == "value: brak wymaganego pola"
+    assert failed[3]["error"] == "metryka musi być obiektem JSON" and failed[3]["id"] is None
+    status, reply = daemon.post("/api/v1/metrics", json.dumps(items[1]).encode(), headers)
+    assert status == 400 and reply["error"]["code"] == "invalid_metric"
+    assert reply["error"]["message"].startswith("Nieprawidłowa metryka: name: Nieprawidłowa nazwa metryki")
+    assert reply["error"]["details"]["field"] == "name"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +76,10 @@ def test_batch_keeps_valid_items_and_names_each_failure(daemon: RunningDaemon) -
         (b'{"metrics": []}', "invalid_batch"),
         (json.dumps({"metrics": [{"name": "a", "value": 1, "type": "GAUGE"}] * 501}).encode(), "invalid_batch"),
         (b'[{"name": "a"}]', "invalid_batch"),
+        (b'{"metrics": {"name": "a"}}', "invalid_batch"),
+        (b'{"metrics": [], "extra": 1}', "invalid_batch"),
+        (b"", "invalid_batch"),
+        (b'{"metrics": [{"name": "a", "value": 1, "type": "GAUGE"}]', "invalid_batch"),
     ],
 )
 def test_bad_batches_are_400_and_store_nothing(daemon: RunningDaemon, body: bytes, code: str) -> None:
