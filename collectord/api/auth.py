@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from collectord.api.errors import ApiError
+from collectord.api.rate_limit import WriteLimiter
 from collectord.config import Config
 
 ROLE_RANK = {"reader": 1, "writer": 1, "admin": 2}
@@ -29,12 +30,27 @@ ALLOWED = {
 class Principal:
     tenant: str
     role: str
+    # The token's hash ("" with no auth) and its write limit (0 = unlimited).
+    key: str = ""
+    write_rate: float = 0.0
+    write_burst: int = 0
 
 
 class Authenticator:
     def __init__(self, config: Config) -> None:
-        self.default = Principal(config.ingest.tenant, "admin")
-        self.tokens = {token.sha256.lower(): Principal(token.tenant, token.role) for token in config.auth.tokens}
+        auth = config.auth
+        self.default = Principal(config.ingest.tenant, "admin", "", auth.write_rate, auth.write_burst)
+        self.tokens = {
+            token.sha256.lower(): Principal(
+                token.tenant,
+                token.role,
+                token.sha256.lower(),
+                token.write_rate or auth.write_rate,
+                token.write_burst or auth.write_burst,
+            )
+            for token in auth.tokens
+        }
+        self.limiter = WriteLimiter()
 
     def principal(self, request: web.Request) -> Principal:
         if not self.tokens:
@@ -50,8 +66,11 @@ class Authenticator:
         raise ApiError(401, "unauthorized")
 
     def require(self, request: web.Request, action: str) -> Principal:
+        """The caller, if its role may do `action`; writes also take from its rate limit."""
         principal = self.principal(request)
         if principal.role not in ALLOWED[action]:
             needed = " | ".join(sorted(ALLOWED[action]))
             raise ApiError(403, "forbidden", role=principal.role, needed=needed)
+        if action == "write":
+            self.limiter.check(principal.key, principal.write_rate, principal.write_burst)
         return principal

@@ -155,6 +155,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Line {number} was rejected ({reason}); the other lines were kept",
         "Linia {number} została odrzucona ({reason}); pozostałe linie zapisano",
     ),
+    "rate_limited": (
+        "This token may write {rate:g} times a second; try again in {seconds} s",
+        "Ten token może zapisywać {rate:g} razy na sekundę; spróbuj ponownie za {seconds} s",
+    ),
     "storage_unavailable": (
         "The daemon cannot store writes right now (its data directory is full or unwritable); nothing was kept",
         "Demon nie może teraz zapisywać danych (katalog danych jest pełny lub niezapisywalny); nic nie zapisano",

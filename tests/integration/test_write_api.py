@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import time
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon import RunningDaemon
+from tests.integration.daemon import RunningDaemon, start_daemon
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
@@ -108,3 +112,55 @@ def test_line_protocol_over_http_like_influxdb(daemon: RunningDaemon) -> None:
     assert daemon.total("http.gz") == 5.0
     status, reply = daemon.post("/api/v2/write?precision=minutes", b"http.x value=1\n")
     assert status == 400 and reply["error"]["code"] == "invalid_precision"
+
+
+def test_writes_are_rate_limited_per_token(tmp_path: Path) -> None:
+    def sha(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    config = f"""
+[auth]
+write_rate = 100.0
+
+[[auth.tokens]]
+sha256 = "{sha("slow")}"
+tenant = "acme"
+role = "writer"
+write_rate = 1.0
+write_burst = 3
+
+[[auth.tokens]]
+sha256 = "{sha("fast")}"
+tenant = "acme"
+role = "writer"
+
+[[auth.tokens]]
+sha256 = "{sha("look")}"
+tenant = "acme"
+role = "reader"
+"""
+    daemon = start_daemon(tmp_path, config)
+    try:
+        slow = {**JSON, "Authorization": "Bearer slow", "Accept-Language": "pl"}
+        body = json.dumps({"name": "rl.x", "value": 1, "type": "COUNTER"}).encode()
+        assert [daemon.post("/api/v1/metrics", body, slow)[0] for _ in range(3)] == [201, 201, 201]
+        request = urllib.request.Request(daemon.url("/api/v1/metrics"), data=body, headers=slow, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 429
+        assert refused.value.headers["Retry-After"] == "1"
+        reply = json.loads(refused.value.read())
+        assert reply["error"]["code"] == "rate_limited"
+        assert reply["error"]["message"].startswith("Ten token może zapisywać 1 razy na sekundę")
+        # Line protocol counts against the same bucket; other tokens and reads are not limited.
+        assert daemon.post("/api/v2/write", b"rl.x value=1\n", slow)[0] == 429
+        fast = {**JSON, "Authorization": "Bearer fast"}
+        assert daemon.post("/api/v1/metrics", body, fast)[0] == 201
+        reads = [daemon.get("/api/v1/realtime?metric=rl.x", {"Authorization": "Bearer look"})[0] for _ in range(5)]
+        assert reads == [200] * 5
+        time.sleep(1.05)
+        assert daemon.post("/api/v1/metrics", body, slow)[0] == 201
+        # Refused writes stored nothing: 3 + 1 (fast) + 1.
+        assert daemon.get("/api/v1/realtime?metric=rl.x", {"Authorization": "Bearer look"})[1]["value"] == 5.0
+    finally:
+        assert daemon.stop() == 0
