@@ -7,6 +7,8 @@ tenant with every role.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from collectord.api.errors import ApiError
 from collectord.api.rate_limit import WriteLimiter
 from collectord.config import Config
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="collectord"'}
 ROLE_RANK = {"reader": 1, "writer": 1, "admin": 2}
 # Which roles may do what: readers read, writers write, admins do both and purge.
 ALLOWED = {
@@ -24,6 +27,22 @@ ALLOWED = {
     "write": {"writer", "admin"},
     "admin": {"admin"},
 }
+
+
+def bearer_token(header: str) -> str:
+    """The token in `Bearer <t>`, or as InfluxDB clients send it: `Token <t>` (v2) and
+    `Basic base64(user:<t>)` (v1, Telegraf's username/password); "" when there is none."""
+    scheme, _, value = header.strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme in ("bearer", "token"):
+        return value
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
 
 
 @dataclass(frozen=True)
@@ -55,15 +74,14 @@ class Authenticator:
     def principal(self, request: web.Request) -> Principal:
         if not self.tokens:
             return self.default
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        token = bearer_token(request.headers.get("Authorization", ""))
+        if not token:
+            raise ApiError(401, "unauthorized", headers=CHALLENGE)
+        digest = hashlib.sha256(token.encode()).hexdigest()
         for known, principal in self.tokens.items():
             if hmac.compare_digest(known, digest):
                 return principal
-        raise ApiError(401, "unauthorized")
+        raise ApiError(401, "unauthorized", headers=CHALLENGE)
 
     def require(self, request: web.Request, action: str) -> Principal:
         """The caller, if its role may do `action`; writes also take from its rate limit."""
