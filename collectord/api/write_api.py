@@ -16,6 +16,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
 from collectord.api.messages import language_of, message
 from collectord.api.schemas import MAX_BATCH, BatchIn
+from collectord.api.units import UnitBook
 from collectord.api.validation import FieldError, decode_metric
 from collectord.model import Sample
 from collectord.pipeline import Pipeline
@@ -28,9 +29,10 @@ V1_PRECISION = {"n": "ns", "ns": "ns", "u": "us", "us": "us", "ms": "ms", "s": "
 
 
 class WriteApi:
-    def __init__(self, pipeline: Pipeline, auth: Authenticator) -> None:
+    def __init__(self, pipeline: Pipeline, auth: Authenticator, units: UnitBook) -> None:
         self.pipeline = pipeline
         self.auth = auth
+        self.units = units
         self.late_allowance = float(pipeline.config.aggregate.late_allowance)
 
     def routes(self) -> list[web.RouteDef]:
@@ -61,6 +63,8 @@ class WriteApi:
             details = {"field": error.field, "reason": reason}
             raise ApiError(400, "invalid_metric", details=details, reason=reason) from None
         self._keep(principal.tenant, [sample], received)
+        if metric.unit:
+            self.units.note(principal.tenant, metric.name, metric.unit)
         return json_response({"metricId": str(metric.id or uuid.uuid4())}, status=201)
 
     async def record_batch(self, request: web.Request) -> web.StreamResponse:
@@ -80,6 +84,7 @@ class WriteApi:
         successful: list[str] = []
         failed: list[dict[str, object]] = []
         samples: list[Sample] = []
+        units: list[tuple[str, str]] = []
         for index, raw in enumerate(batch.metrics):
             try:
                 metric, sample = decode_metric(raw, received, self.late_allowance)
@@ -90,7 +95,11 @@ class WriteApi:
                 continue
             samples.append(sample)
             successful.append(str(metric.id or uuid.uuid4()))
+            if metric.unit:
+                units.append((metric.name, metric.unit))
         self._keep(principal.tenant, samples, received)
+        for name, unit in units:
+            self.units.note(principal.tenant, name, unit)
         return json_response({"successful": successful, "failed": failed})
 
     async def write_v2(self, request: web.Request) -> web.StreamResponse:
