@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from collectord.sinks.base import Sink
+from collectord.sinks.postgres.sink import PostgresSink
 
 if TYPE_CHECKING:
     from collectord.pipeline import Pipeline
@@ -13,4 +14,6 @@ if TYPE_CHECKING:
 def build_sinks(pipeline: Pipeline) -> list[Sink]:
     """One sink per configured backend; none with the embedded default."""
     sinks: list[Sink] = []
+    if pipeline.config.postgres.dsn:
+        sinks.append(PostgresSink(pipeline))
     return sinks
