@@ -6,6 +6,7 @@ from aiohttp import web
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import error_middleware
+from collectord.api.purge_api import PurgeApi
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
 from collectord.api.write_api import WriteApi
@@ -22,4 +23,5 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())
     app.add_routes(WriteApi(pipeline, auth).routes())
+    app.add_routes(PurgeApi(pipeline, auth).routes())
     return app, stats

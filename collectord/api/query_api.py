@@ -9,11 +9,13 @@ import time
 
 from aiohttp import web
 
-from collectord.aggregation.query import Query, iso, run_query
+from collectord.aggregation.query import Query, iso
 from collectord.api import params
 from collectord.api.auth import Authenticator
 from collectord.api.errors import json_response
+from collectord.audit import METRICS_QUERIED, audit, queried
 from collectord.pipeline import Pipeline
+from collectord.sinks.postgres.fleet import fleet_query
 
 CSV_COLUMNS = (
     "metricName",
@@ -66,7 +68,8 @@ class QueryApi:
         output = params.choice(args, "format", ("json", "csv"), "invalid_format")
         params.choice(args, "locale", ("en", "pl"), "invalid_locale")
         self.pipeline.catch_up()
-        rows = run_query(self.pipeline.aggregator, query)
+        rows, answered = await fleet_query(self.pipeline, query)
+        audit(self.pipeline, query.tenant, principal.role, METRICS_QUERIED, queried(query, len(rows)))
         if output == "csv":
             return _csv_response(rows)
         took_ms = (time.perf_counter() - began) * 1000.0
@@ -87,6 +90,7 @@ class QueryApi:
                     },
                     "executionTimeMs": round(took_ms, 3),
                     "fromCache": False,
+                    "fleet": answered,
                 },
             }
         )

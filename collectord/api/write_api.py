@@ -18,6 +18,7 @@ from msgspec import Meta
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
+from collectord.audit import METRIC_RECORDED, METRICS_BATCH_RECORDED, audit
 from collectord.limits import NAME_PATTERN
 from collectord.model import KIND_OF_TYPE, MetricType, Sample
 from collectord.pipeline import Pipeline
@@ -102,7 +103,16 @@ class WriteApi:
         except (msgspec.DecodeError, ValueError) as error:
             raise ApiError(400, "invalid_metric", details={"reason": str(error)}, reason=str(error)) from None
         self._keep(principal.tenant, [sample])
-        return json_response({"metricId": str(metric.id or uuid.uuid4())}, status=201)
+        metric_id = str(metric.id or uuid.uuid4())
+        audit(
+            self.pipeline,
+            principal.tenant,
+            principal.role,
+            METRIC_RECORDED,
+            {"metricId": metric_id, "metricName": metric.name},
+            metric_id,
+        )
+        return json_response({"metricId": metric_id}, status=201)
 
     async def record_batch(self, request: web.Request) -> web.StreamResponse:
         principal = self.auth.require(request, "write")
@@ -122,6 +132,8 @@ class WriteApi:
             except (msgspec.DecodeError, ValueError) as error:
                 failed.append({"index": index, "id": _raw_id(raw), "error": str(error)})
         self._keep(principal.tenant, samples)
+        counts = {"successCount": len(successful), "failCount": len(failed)}
+        audit(self.pipeline, principal.tenant, principal.role, METRICS_BATCH_RECORDED, counts)
         return json_response({"successful": successful, "failed": failed})
 
     async def write_v2(self, request: web.Request) -> web.StreamResponse:

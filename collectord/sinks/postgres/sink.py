@@ -27,10 +27,12 @@ import msgspec
 
 from collectord.aggregation.query import merge_cells
 from collectord.aggregation.series import Series
+from collectord.audit import AuditEvent
 from collectord.model import Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 from collectord.sinks.postgres import schema
+from collectord.sinks.postgres.maintenance import maintain
 from collectord.sinks.postgres.rows import (
     AGGREGATE_COLUMNS,
     RAW_COLUMNS,
@@ -74,19 +76,6 @@ AUDIT_INSERT = (
 )
 
 
-class AuditEvent(msgspec.Struct, array_like=True):
-    """One audit record as logged (JSON in the write-ahead log) and stored in audit_log."""
-
-    id: str
-    tenant: str
-    user: str | None
-    action: str
-    entity_type: str
-    entity_id: str | None
-    metadata: dict[str, Any]
-    at: float
-
-
 class PostgresSink:
     name = "postgres"
 
@@ -115,6 +104,7 @@ class PostgresSink:
         self.last_flush_seconds = 0.0
         self.last_flush_rows = 0
         self.schema_version: int | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         pipeline.batch_taps.append(self.on_batch)
 
     # ------------------------------------------------------------------ offers (event loop, cheap)
@@ -193,11 +183,23 @@ class PostgresSink:
     # ------------------------------------------------------------------ writer
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            maintenance, self._maintenance = self._maintenance, None
+            if maintenance is not None:
+                maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintenance
+
+    async def _run(self) -> None:
         backoff = Backoff(base=0.5, cap=30.0)
         while True:
             try:
                 if self.pool is None:
                     await self._open()
+                if self._maintenance is None and self.pool is not None:
+                    self._maintenance = asyncio.create_task(maintain(self.pool, self.settings))
                 await self.write_pending()
                 backoff.reset()
             except schema.SchemaTooNew as error:
