@@ -439,6 +439,14 @@ class Postgres(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "(metadata says so).",
         ),
     ] = 5.0
+    write_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long one write (a COPY, an upsert) may take before the connection counts as "
+            "broken and the write is retried.",
+        ),
+    ] = 60.0
     raw_protocols: Annotated[
         list[Literal["api", "line", "statsd"]],
         Meta(

@@ -94,6 +94,7 @@ class Proxy:
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
             except OSError:
                 client.close()
                 continue
@@ -112,7 +113,11 @@ class Proxy:
         except OSError:
             pass
         finally:
+            # shutdown, not just close: the other direction's thread may be blocked in recv,
+            # which keeps the socket open (no FIN) until it returns.
             for one in (source, sink):
+                with suppress(OSError):
+                    one.shutdown(socket.SHUT_RDWR)
                 with suppress(OSError):
                     one.close()
 

@@ -232,14 +232,15 @@ class PostgresSink:
     async def _open(self) -> None:
         conn = await asyncpg.connect(self.settings.dsn, timeout=self.settings.connect_timeout)
         try:
-            self.schema_version = await schema.migrate(conn)
+            self.schema_version = await asyncio.wait_for(schema.migrate(conn), self.settings.write_timeout)
         finally:
-            await conn.close()
+            await conn.close(timeout=self.settings.connect_timeout)
         self.pool = await asyncpg.create_pool(
             self.settings.dsn,
             min_size=1,
             max_size=self.settings.pool_size,
             timeout=self.settings.connect_timeout,
+            command_timeout=self.settings.write_timeout,
             init=schema.setup_codecs,
         )
         log.info("PostgreSQL connected", extra={"schema_version": self.schema_version})
@@ -302,7 +303,9 @@ class PostgresSink:
             await self._tenants(conn, {b.tenant for b in batches})
             times = [r[7] for r in records]
             await self._partitions(conn, min(times), max(times))
-            await conn.copy_records_to_table("metrics", records=records, columns=RAW_COLUMNS)
+            await conn.copy_records_to_table(
+                "metrics", records=records, columns=RAW_COLUMNS, timeout=self.settings.write_timeout
+            )
         for _ in batches:
             self.raw.popleft()
         self.raw_hwm = max(self.raw_hwm, batches[-1].received_at)
@@ -340,7 +343,9 @@ class PostgresSink:
                     "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
                     "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-                await conn.copy_records_to_table("agg_stage", records=records, columns=AGGREGATE_COLUMNS)
+                await conn.copy_records_to_table(
+                    "agg_stage", records=records, columns=AGGREGATE_COLUMNS, timeout=self.settings.write_timeout
+                )
                 await conn.execute(UPSERT)
         except BaseException:
             for key, when in taken.items():
