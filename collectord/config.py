@@ -448,13 +448,15 @@ class Postgres(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = 60.0
     raw_protocols: Annotated[
-        list[Literal["api", "line", "statsd"]],
+        str,
         Meta(
-            description='Whose samples are also stored raw in the metrics table: "api" (record API and '
-            'HTTP line protocol), "line" (line protocol listeners), "statsd" (StatsD listeners, '
-            "aggregated only by default).",
+            pattern=r"^(?:(?:api|line|statsd)(?:,(?:api|line|statsd))*)?$",
+            description='Comma-separated: whose samples are also stored raw in the metrics table: "api" '
+            '(record API and HTTP line protocol), "line" (line protocol listeners), "statsd" (StatsD '
+            'listeners, aggregated only by default); "" stores no raw points.',
+            extra={"expected": 'a comma-separated list of api, line, statsd (or "")'},
         ),
-    ] = msgspec.field(default_factory=lambda: ["api", "line"])
+    ] = "api,line"
     raw_retention: Annotated[
         Duration, Meta(gt=0, description="Raw points older than this are dropped, a daily partition at a time.")
     ] = 30 * 86400.0

@@ -84,7 +84,7 @@ class PostgresSink:
         config = pipeline.config
         self.settings = config.postgres
         self.source = config.instance.source_id()
-        self.raw_kinds = {RAW_KINDS[p] for p in self.settings.raw_protocols}
+        self.raw_kinds = {RAW_KINDS[p] for p in self.settings.raw_protocols.split(",") if p}
         self.pool: asyncpg.Pool | None = None
         self.disabled_reason: str | None = None
         self.dirty: dict[DirtyKey, float] = {}
