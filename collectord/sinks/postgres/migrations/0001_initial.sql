@@ -65,7 +65,9 @@ CREATE TABLE metrics_aggregated (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, metric_name, granularity, scope, period_start, series_hash, source)
-);
+) WITH (fillfactor = 70);
+-- fillfactor: open windows are rewritten at every flush; room on the page lets PostgreSQL
+-- update them in place (HOT: no indexed column changes), without touching any index.
 
 -- The primary key serves the queries (tenant, names, granularity, scope, period range); the GIN
 -- index serves tag filters (tags @> ...); the last one serves retention.
