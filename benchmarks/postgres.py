@@ -98,7 +98,7 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2) -> None:
 def bench_raw(rows: int = 1_000_000, per_batch: int = 100) -> None:
     with fresh_database() as dsn:
         clock = ManualClock(time.time())
-        pipeline, sink = pipeline_for(dsn, "bench", clock)
+        _pipeline, sink = pipeline_for(dsn, "bench", clock)
         rng = random.Random(2)
         keys = [(f"raw{i % 20}", (("host", f"h{i % 200}"), ("region", "eu"))) for i in range(2000)]
         now = clock.now()
@@ -114,7 +114,10 @@ def bench_raw(rows: int = 1_000_000, per_batch: int = 100) -> None:
             began = time.perf_counter()
             await sink.write_pending()
             took = time.perf_counter() - began
-            print(f"raw COPY: {rows:,} rows in {took:.2f} s = {rows / took:,.0f} rows/s (rows built from batches included)")
+            print(
+                f"raw COPY: {rows:,} rows in {took:.2f} s = {rows / took:,.0f} rows/s "
+                "(rows built from batches included)"
+            )
             await sink.close()
 
         asyncio.run(go())
@@ -154,13 +157,35 @@ def bench_history(series: int = 1000, days: int = 30, runs: int = 100) -> None:
                         values, encoded = pool[(hour + s) % 64]
                         tags = None if s == series else (("id", str(s)),)
                         records.append(
-                            ("bench", source, "lat", "HISTOGRAM", 1 if tags is None else 0,
-                             "{}" if tags is None else f'{{"id": "{s}"}}', series_hash(tags), "1h", period,
-                             period + 3600, 20.0, float(values.sum()), float(values.min()), float(values.max()),
-                             None, None, None, None, None, None, encoded, None)
+                            (
+                                "bench",
+                                source,
+                                "lat",
+                                "HISTOGRAM",
+                                1 if tags is None else 0,
+                                "{}" if tags is None else f'{{"id": "{s}"}}',
+                                series_hash(tags),
+                                "1h",
+                                period,
+                                period + 3600,
+                                20.0,
+                                float(values.sum()),
+                                float(values.min()),
+                                float(values.max()),
+                                None,
+                                None,
+                                None,
+                                None,
+                                None,
+                                None,
+                                encoded,
+                                None,
+                            )
                         )
                     if len(records) >= 200_000:
-                        await conn.copy_records_to_table("metrics_aggregated", records=records, columns=AGGREGATE_COLUMNS)
+                        await conn.copy_records_to_table(
+                            "metrics_aggregated", records=records, columns=AGGREGATE_COLUMNS
+                        )
                         records = []
                 if records:
                     await conn.copy_records_to_table("metrics_aggregated", records=records, columns=AGGREGATE_COLUMNS)
@@ -187,7 +212,7 @@ def bench_history(series: int = 1000, days: int = 30, runs: int = 100) -> None:
                 took = []
                 for _ in range(runs):
                     began = time.perf_counter()
-                    rows, meta = await fleet_query(pipeline, query)
+                    rows, _meta = await fleet_query(pipeline, query)
                     took.append((time.perf_counter() - began) * 1000)
                 took.sort()
                 print(
@@ -211,8 +236,9 @@ def bench_fleet(series: int = 1000, per_series: int = 200) -> None:
             samples: list[Sample] = []
             for s in range(series):
                 values = rng.lognormal(3 + index * 0.3, 1, per_series)
-                everything.setdefault(str(s), []).append(values)
-                key = ("fleet.lat", (("id", str(s)),))
+                everything.setdefault(f"{s % 100}/{s // 100}", []).append(values)
+                # Two tag keys: the seed caps one key at 100 distinct values per metric.
+                key = ("fleet.lat", (("id", str(s % 100)), ("shard", str(s // 100))))
                 samples.extend((key, KIND_HISTOGRAM, float(v), 1.0, None) for v in values)
             feed(pipeline, samples)
         clock.advance(10)
@@ -226,17 +252,22 @@ def bench_fleet(series: int = 1000, per_series: int = 200) -> None:
             start, end = clock.now() - 3600, clock.now()
             rows, meta = await fleet_query(pipeline, Query("bench", ["fleet.lat"], start, end, "1h", "P99"))
             exact = float(np.quantile(np.concatenate([v for vs in everything.values() for v in vs]), 0.99))
-            print(f"fleet p99 over {series:,} series x 3 sources: {rows[0]['p99']:.3f} vs exact {exact:.3f}: "
-                  f"{abs(rows[0]['p99'] - exact) / exact * 100:.3f}% (sources {meta['sources']})")
+            print(
+                f"fleet p99 over {series:,} series x 3 sources: {rows[0]['p99']:.3f} vs exact {exact:.3f}: "
+                f"{abs(rows[0]['p99'] - exact) / exact * 100:.3f}% (sources {meta['sources']})"
+            )
             grouped, _ = await fleet_query(
-                pipeline, Query("bench", ["fleet.lat"], start, end, "1h", "P99", group_by=["id"], limit=10000)
+                pipeline, Query("bench", ["fleet.lat"], start, end, "1h", "P99", group_by=["id", "shard"], limit=10000)
             )
             errors = []
             for row in grouped:
-                truth = float(np.quantile(np.concatenate(everything[row["tags"]["id"]]), 0.99))
+                key = f"{row['tags']['id']}/{row['tags']['shard']}"
+                truth = float(np.quantile(np.concatenate(everything[key]), 0.99))
                 errors.append(abs(row["p99"] - truth) / truth)
-            print(f"per-series fleet p99 ({len(grouped):,} series): worst error {max(errors) * 100:.3f}%, "
-                  f"mean {statistics.fmean(errors) * 100:.3f}%")
+            print(
+                f"per-series fleet p99 ({len(grouped):,} series): worst error {max(errors) * 100:.3f}%, "
+                f"mean {statistics.fmean(errors) * 100:.3f}%"
+            )
             for _, sink in pipelines:
                 await sink.close()
 
@@ -252,8 +283,10 @@ def bench_outage(seconds: float) -> None:
     with fresh_database() as dsn:
         began = time.perf_counter()
         run_outage(Path(tempfile.mkdtemp()), dsn, seconds_before=10, seconds_cut=seconds, kill_during=False)
-        print(f"outage of {seconds:.0f} s under load: rows identical to the run without outage "
-              f"(raw and aggregates), {time.perf_counter() - began:.0f} s in all")
+        print(
+            f"outage of {seconds:.0f} s under load: rows identical to the run without outage "
+            f"(raw and aggregates), {time.perf_counter() - began:.0f} s in all"
+        )
 
 
 def main() -> None:
