@@ -7,14 +7,16 @@ import time
 
 from aiohttp import web
 
-from collectord.aggregation.query import Query, iso, run_query
+from collectord.aggregation.query import Query, iso
 from collectord.api import params
 from collectord.api.auth import Authenticator
 from collectord.api.csv_report import csv_response
 from collectord.api.errors import json_response
 from collectord.api.messages import language_of
 from collectord.api.units import UNITS
+from collectord.audit import METRICS_QUERIED, audit, queried
 from collectord.pipeline import Pipeline
+from collectord.sinks.postgres.fleet import fleet_query
 
 
 class QueryApi:
@@ -51,7 +53,8 @@ class QueryApi:
         output = params.choice(args, "format", ("json", "csv"), "invalid_format")
         locale = params.choice(args, "locale", ("en", "pl"), "invalid_locale") if "locale" in args else None
         self.pipeline.catch_up()
-        rows = run_query(self.pipeline.aggregator, query)
+        rows, answered = await fleet_query(self.pipeline, query)
+        audit(self.pipeline, query.tenant, principal.role, METRICS_QUERIED, queried(query, len(rows)))
         if output == "csv":
             units = request.app[UNITS]
             language = locale or language_of(request.headers.get("Accept-Language"))
@@ -74,6 +77,7 @@ class QueryApi:
                     },
                     "executionTimeMs": round(took_ms, 3),
                     "fromCache": False,
+                    "fleet": answered,
                 },
             }
         )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from collectord.sinks.base import Sink
 from collectord.sinks.influx import InfluxSink
+from collectord.sinks.postgres.sink import PostgresSink
 
 if TYPE_CHECKING:
     from collectord.pipeline import Pipeline
@@ -17,4 +18,6 @@ def build_sinks(pipeline: Pipeline) -> list[Sink]:
     sinks: list[Sink] = []
     if config.influx.url:
         sinks.append(InfluxSink(config, config.storage.resolve_data_dir() / "spool" / "influx"))
+    if config.postgres.dsn:
+        sinks.append(PostgresSink(pipeline))
     return sinks
