@@ -414,6 +414,11 @@ class Aggregator:
         key = (series.tenant, series.name)
         totals = self.name_totals.get(key)
         if totals is None or totals.kind != series.kind:
+            if totals is not None:
+                # One name sent with two types (in different tag sets): the newest type's
+                # aggregate replaces the old, which must not linger awaiting roll-up.
+                for pending in self._pending:
+                    pending.pop(totals, None)
             totals = self.name_totals[key] = Series(series.tenant, series.name, (), series.kind, self.now)
         return totals
 
