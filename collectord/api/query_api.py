@@ -14,6 +14,7 @@ from collectord.api import params
 from collectord.api.auth import Authenticator
 from collectord.api.errors import json_response
 from collectord.pipeline import Pipeline
+from collectord.redis.sink import cached_rows, fleet_realtime
 
 CSV_COLUMNS = (
     "metricName",
@@ -66,7 +67,7 @@ class QueryApi:
         output = params.choice(args, "format", ("json", "csv"), "invalid_format")
         params.choice(args, "locale", ("en", "pl"), "invalid_locale")
         self.pipeline.catch_up()
-        rows = run_query(self.pipeline.aggregator, query)
+        rows, from_cache = await cached_rows(self.pipeline, query, lambda: run_query(self.pipeline.aggregator, query))
         if output == "csv":
             return _csv_response(rows)
         took_ms = (time.perf_counter() - began) * 1000.0
@@ -86,7 +87,7 @@ class QueryApi:
                         "limit": query.limit,
                     },
                     "executionTimeMs": round(took_ms, 3),
-                    "fromCache": False,
+                    "fromCache": from_cache,
                 },
             }
         )
@@ -98,6 +99,9 @@ class QueryApi:
         names = params.metric_names(request.query, max_count=1)
         tags = params.tag_filters(request.query)
         self.pipeline.catch_up()
+        fleet = await fleet_realtime(self.pipeline, principal.tenant, names[0], tags)
+        if fleet is not None:
+            return json_response(fleet)
         matching = self.pipeline.aggregator.matching_series(principal.tenant, names[0], tags)
         if not matching:
             return json_response({"metric": names[0], "value": None, "type": None, "timestamp": None, "series": 0})
