@@ -13,7 +13,7 @@ from collectord.redis.sink import RedisSink
 from collectord.ring import PAYLOAD_STATSD, Batch
 from tests.redis.conftest import REDIS_URL
 
-START = 1_800_000_000.0  # a day boundary
+START = 1_800_000_000.0  # an hour boundary
 
 
 def redis_pipeline(
