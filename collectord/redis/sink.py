@@ -96,9 +96,8 @@ class RedisSink:
         finally:
             for loop in loops:
                 loop.cancel()
-            for loop in loops:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await loop
+            # The daemon awaits this task at stop without a bound of its own.
+            await asyncio.wait(loops, timeout=2.0)
 
     async def drain(self) -> None:
         """At stop: the last realtime values, and tell the others to stop forwarding here."""

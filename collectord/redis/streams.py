@@ -31,6 +31,7 @@ log = logging.getLogger("collectord.redis")
 
 # How long the follower waits for a message before looking at its own interest again.
 POLL_SECONDS = 0.05
+CLOSE_SECONDS = 1.0
 # Events waiting to be published; beyond it new ones are dropped (counted).
 MAX_OUTBOX = 100_000
 
@@ -188,8 +189,9 @@ class StreamBridge:
                 self.outbox, self.outbox_events = [], 0
                 await asyncio.sleep(backoff.next_delay())
             finally:
+                # Bounded: a connection cut mid-read must not hold up the daemon's stop.
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), CLOSE_SECONDS)
 
     async def _sync_channels(self, pubsub: Any) -> None:
         wanted = {self.keys.stream(tenant, name) for tenant, name in self.hub.local_interest()}
