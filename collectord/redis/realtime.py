@@ -28,6 +28,46 @@ from collectord.redis.keys import Keys, tags_id
 
 # What was last written for a series: (counter total, last timestamp, value).
 Written = tuple[float, float, float | None]
+# Series per script call: a call blocks Redis while it runs, so it stays short.
+CHUNK = 2000
+_encode = msgspec.json.Encoder().encode
+
+# ARGV: prefix, ttl, now, recent size, then a JSON list of [op, tenant, name, tags id, value,
+# time, type]; op c (counter: add), g (gauge or set: newest time wins), d (distribution: newest
+# wins, and every value goes onto the recent list). Keys are built here from the prefix, so the
+# script needs a single Redis (not a cluster).
+WRITE_SCRIPT = """
+local prefix, ttl, now, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local indexes = {}
+for _, r in ipairs(cjson.decode(ARGV[5])) do
+  local op, tenant, name, tags, v, t, y = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+  local key = prefix .. ':rt:' .. tenant .. ':' .. name .. ':' .. tags
+  if op == 'c' then
+    redis.call('HINCRBYFLOAT', key, 'v', v)
+    redis.call('HSET', key, 't', t, 'y', y)
+  else
+    local held = redis.call('HGET', key, 't')
+    if (not held) or tonumber(held) <= tonumber(t) then
+      redis.call('HSET', key, 'v', v, 't', t, 'y', y)
+    end
+    if op == 'd' then
+      local recent = prefix .. ':rtl:' .. tenant .. ':' .. name .. ':' .. tags
+      redis.call('LPUSH', recent, v)
+      redis.call('LTRIM', recent, 0, keep - 1)
+      redis.call('EXPIRE', recent, ttl)
+    end
+  end
+  redis.call('EXPIRE', key, ttl)
+  local index = prefix .. ':rti:' .. tenant .. ':' .. name
+  redis.call('ZADD', index, now, tags)
+  indexes[index] = true
+end
+for index in pairs(indexes) do
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - ttl))
+  redis.call('EXPIRE', index, ttl)
+end
+return 0
+"""
 
 
 @dataclass
@@ -78,41 +118,26 @@ class RealtimeWriter:
         return pending
 
     def commands(self, pending: Pending, now: float) -> list[tuple[Any, ...]]:
-        """The pipeline for `pending`, as (command, *args) tuples."""
-        keys, ttl = self.keys, math.ceil(self.ttl)
-        out: list[tuple[Any, ...]] = []
-        indexes: dict[tuple[str, str], dict[str, float]] = {}
+        """The writes for `pending`: one script call per chunk of series, its rows one JSON
+        argument (packing one string costs far less than thousands of commands)."""
+        rows: list[list[str]] = []
         written = self.written
         for series, mark in zip(pending.series, pending.marks, strict=True):
-            tenant, name = series.tenant, series.name
-            member = tags_id(series.tags)
-            key = keys.realtime(tenant, name, member)
             total, when, value = mark
-            kind = series.type.value
             if series.kind == KIND_COUNTER:
                 held = written.get(series)
-                delta = total - (held[0] if held is not None else 0.0)
-                if not math.isfinite(delta):
-                    continue
-                out.append(("HINCRBYFLOAT", key, "v", repr(delta)))
-                out.append(("HSET", key, "t", repr(when), "y", kind))
-            elif value is None or not math.isfinite(value):
-                continue
+                change = total - (held[0] if held is not None else 0.0)
+                op = "c"
             else:
-                out.append(("HSET", key, "v", repr(value), "t", repr(when), "y", kind))
-                if series.kind in (KIND_HISTOGRAM, KIND_SUMMARY):
-                    recent = keys.recent(tenant, name, member)
-                    out.append(("LPUSH", recent, repr(value)))
-                    out.append(("LTRIM", recent, 0, self.recent_size - 1))
-                    out.append(("EXPIRE", recent, ttl))
-            out.append(("EXPIRE", key, ttl))
-            indexes.setdefault((tenant, name), {})[member] = now
-        for (tenant, name), members in indexes.items():
-            index = keys.realtime_index(tenant, name)
-            out.append(("ZADD", index, *[part for member, when in members.items() for part in (when, member)]))
-            out.append(("ZREMRANGEBYSCORE", index, "-inf", f"({now - self.ttl!r}"))
-            out.append(("EXPIRE", index, ttl))
-        return out
+                change = math.nan if value is None else value
+                op = "d" if series.kind in (KIND_HISTOGRAM, KIND_SUMMARY) else "g"
+            if not math.isfinite(change):
+                continue
+            rows.append(
+                [op, series.tenant, series.name, tags_id(series.tags), repr(change), repr(when), series.type.value]
+            )
+        head = (self.keys.prefix, math.ceil(self.ttl), repr(now), self.recent_size)
+        return [("EVAL", WRITE_SCRIPT, 0, *head, _encode(rows[i : i + CHUNK])) for i in range(0, len(rows), CHUNK)]
 
     def done(self, pending: Pending) -> None:
         """Redis has `pending`: it becomes what was last written."""
