@@ -478,10 +478,10 @@ class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             ge=0.05,
             le=5,
-            description="How often realtime values and stream events are written, one pipeline per "
-            "interval (lengthened automatically when scanning the active series takes long).",
+            description="How often realtime values are written, one pipeline per interval (lengthened "
+            "automatically when scanning the active series takes long); stream events do not wait for it.",
         ),
-    ] = 0.2
+    ] = 0.5
     realtime_ttl: Annotated[
         Duration,
         Meta(

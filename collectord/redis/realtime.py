@@ -33,9 +33,10 @@ CHUNK = 2000
 _encode = msgspec.json.Encoder().encode
 
 # ARGV: prefix, ttl, now, recent size, then a JSON list of [op, tenant, name, tags id, value,
-# time, type]; op c (counter: add), g (gauge or set: newest time wins), d (distribution: newest
-# wins, and every value goes onto the recent list). Keys are built here from the prefix, so the
-# script needs a single Redis (not a cluster).
+# time, type], numbers as JSON numbers (shortest round-trip form: exact as doubles). op c is a
+# counter (add), g a gauge or set (newest time wins), d a distribution (newest wins, and every
+# value goes onto the recent list). Keys are built here from the prefix, so the script needs a
+# single Redis (not a cluster).
 WRITE_SCRIPT = """
 local prefix, ttl, now, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local indexes = {}
@@ -87,6 +88,7 @@ class RealtimeWriter:
         self.ttl = ttl
         self.recent_size = recent_size
         self.written: dict[Series, Written] = {}
+        self.members: dict[Series, str] = {}
         # Series a flush closed or a late sample touched since the last scan, and series whose
         # last write failed: they may no longer hold an open slice, and still need writing.
         self.extra: set[Series] = set()
@@ -120,8 +122,8 @@ class RealtimeWriter:
     def commands(self, pending: Pending, now: float) -> list[tuple[Any, ...]]:
         """The writes for `pending`: one script call per chunk of series, its rows one JSON
         argument (packing one string costs far less than thousands of commands)."""
-        rows: list[list[str]] = []
-        written = self.written
+        rows: list[tuple[str, str, str, str, float, float, str]] = []
+        written, members = self.written, self.members
         for series, mark in zip(pending.series, pending.marks, strict=True):
             total, when, value = mark
             if series.kind == KIND_COUNTER:
@@ -133,9 +135,10 @@ class RealtimeWriter:
                 op = "d" if series.kind in (KIND_HISTOGRAM, KIND_SUMMARY) else "g"
             if not math.isfinite(change):
                 continue
-            rows.append(
-                [op, series.tenant, series.name, tags_id(series.tags), repr(change), repr(when), series.type.value]
-            )
+            member = members.get(series)
+            if member is None:
+                member = members[series] = tags_id(series.tags)
+            rows.append((op, series.tenant, series.name, member, change, when, series.type.value))
         head = (self.keys.prefix, math.ceil(self.ttl), repr(now), self.recent_size)
         return [("EVAL", WRITE_SCRIPT, 0, *head, _encode(rows[i : i + CHUNK])) for i in range(0, len(rows), CHUNK)]
 
@@ -157,6 +160,7 @@ class RealtimeWriter:
             for series, mark in self.written.items()
             if tenants.get(series.tenant, {}).get((series.name, series.tags)) is series
         }
+        self.members = {series: member for series, member in self.members.items() if series in self.written}
 
     def unwritten_total(self, series: Series) -> float:
         """A counter's increase not yet in Redis."""

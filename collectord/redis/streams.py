@@ -30,7 +30,7 @@ from collectord.streams.hub import Event, StreamHub
 log = logging.getLogger("collectord.redis")
 
 # How long the follower waits for a message before looking at its own interest again.
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1
 CLOSE_SECONDS = 1.0
 # Events waiting to be published; beyond it new ones are dropped (counted).
 MAX_OUTBOX = 100_000
