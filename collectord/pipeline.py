@@ -74,7 +74,7 @@ class Pipeline:
         # Told of every flush; their high-water marks ride in every checkpoint.
         self.sinks: list[Sink] = []
         # Applied samples go to stream followers (a flag check when there are none).
-        self.hub = StreamHub()
+        self.hub = StreamHub(config.streams.queue_size, config.streams.max_per_tenant)
         self._offered_until = -1
         if self.journal is not None:
             self.journal.extra_state = self._checkpoint_extra

@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from collectord.api.auth import Authenticator
+from collectord.api.dashboard_api import DashboardApi
 from collectord.api.errors import error_middleware
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
+from collectord.api.stream_api import STREAM_TASKS, StreamApi
+from collectord.api.units import UNITS, UnitBook
 from collectord.api.write_api import WriteApi
 from collectord.pipeline import Pipeline
 
@@ -17,9 +20,15 @@ MAX_BODY = 4 * 1024 * 1024
 def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Application, StatsApi]:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app["max_body"] = MAX_BODY
+    storage = pipeline.config.storage
+    app[UNITS] = UnitBook(storage.resolve_data_dir() / "units.json" if storage.wal else None)
     auth = Authenticator(pipeline.config)
     stats = StatsApi(pipeline, kernel_drops)
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())
-    app.add_routes(WriteApi(pipeline, auth).routes())
+    app.add_routes(WriteApi(pipeline, auth, app[UNITS]).routes())
+    app[STREAM_TASKS] = set()
+    app.add_routes(StreamApi(pipeline, auth, pipeline.config.streams.heartbeat_interval).routes())
+    app.on_shutdown.append(StreamApi.on_shutdown)
+    app.add_routes(DashboardApi().routes())
     return app, stats
