@@ -4,6 +4,7 @@ and one daemon whose own Redis server the test kills and restarts under UDP load
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
@@ -21,6 +23,7 @@ from collectord.config import load_config
 from collectord.pipeline import Pipeline
 from collectord.redis.sink import RedisSink
 from tests.integration.daemon import RunningDaemon, free_port, start_daemon
+from tests.integration.streams import next_event, sse_frames
 from tests.redis.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -132,6 +135,54 @@ def test_a_stream_follower_on_one_host_sees_samples_sent_to_the_other_within_a_s
         assert max(delays) < 1.0, delays
     finally:
         assert sender.stop() == 0, sender.log()
+
+
+async def _stream_across(a: RunningDaemon, b: RunningDaemon, run: str) -> list[float]:
+    """An SSE client on A and a WebSocket client on B; samples sent to the other daemon."""
+    delays: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        sse = await http.get(a.url(f"/api/v1/stream?metric=x.lat&tag=run:{run}"))
+        ws = await http.ws_connect(b.url("/api/v1/ws"))
+        try:
+            frames = sse_frames(sse)
+            assert await anext(frames) == ("", "subscribed")
+            await ws.send_json({"subscribe": {"metricNames": ["x.lat"], "tags": {"run": run}}})
+            assert (await ws.receive_json(timeout=2))["event"] == "subscribed"
+            deadline = time.monotonic() + 10
+            while min(d.stats()["sinks"]["redis"]["streams"]["remoteInterest"] for d in (a, b)) < 1:
+                assert time.monotonic() < deadline, "the daemons never saw each other's interest"
+                await asyncio.sleep(0.05)
+            for i in range(10):
+                # Sent to B: A's client gets it through Redis, B's own client directly.
+                sent = time.monotonic()
+                b.send_udp(f"x.lat:{i}|ms|#run:{run}".encode())
+                event = await asyncio.wait_for(next_event(frames, "metric"), 1.0)
+                delays.append(time.monotonic() - sent)
+                assert (event["name"], event["value"], event["tags"]) == ("x.lat", float(i), {"run": run})
+                assert (await ws.receive_json(timeout=1.0))["value"] == float(i)
+                # Sent to A: the other way round.
+                sent = time.monotonic()
+                a.send_udp(f"x.lat:{100 + i}|ms|#run:{run}".encode())
+                message = await ws.receive_json(timeout=1.0)
+                delays.append(time.monotonic() - sent)
+                assert (message["event"], message["value"]) == ("metric", float(100 + i))
+                assert (await asyncio.wait_for(next_event(frames, "metric"), 1.0))["value"] == float(100 + i)
+            # Each client got each sample once: nothing else is waiting.
+            with contextlib.suppress(TimeoutError):
+                extra = await ws.receive_json(timeout=0.3)
+                assert extra["event"] == "heartbeat", extra
+        finally:
+            await ws.close()
+            sse.close()
+    return delays
+
+
+def test_stream_clients_on_each_daemon_see_samples_sent_to_the_other_within_a_second(
+    pair: tuple[RunningDaemon, RunningDaemon], prefix: str
+) -> None:
+    a, b = pair
+    delays = asyncio.run(_stream_across(a, b, prefix))
+    assert len(delays) == 20 and max(delays) < 1.0, delays
 
 
 def test_only_closed_ranges_come_from_the_cache(pair: tuple[RunningDaemon, RunningDaemon]) -> None:
