@@ -9,9 +9,8 @@ cached queries. Uses the shared Redis on 127.0.0.1:6379 under a key prefix of it
 ingest: the same UDP load into a daemon without Redis and one with Redis configured and no
 stream subscribers, alternating, several rounds; the figure is samples applied per CPU-second of
 the daemon process (wall throughput on a shared 2-core VM measures the neighbours), plus loss.
-stream: a follower on host A (an in-process daemon core: pipeline, hub and Redis link, the same
-code the SSE and WebSocket endpoints read from) and a daemon process B receiving UDP; delay from
-the send to B until the event is in A's subscription queue.
+stream: two daemons sharing Redis, an SSE client on A, samples sent to B over UDP one at a time;
+delay from the send until the client has parsed the event.
 cache: one closed-range query over a kept-alive connection, answered from the cache, against
 the same query over an open range (always computed).
 """
@@ -34,14 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import redis  # noqa: E402
 
 from benchmarks.ingest import loadgen, settle  # noqa: E402
-from collectord.clock import SystemClock  # noqa: E402
-from collectord.config import load_config  # noqa: E402
-from collectord.pipeline import Pipeline  # noqa: E402
-from collectord.redis.sink import RedisSink  # noqa: E402
 from tests.integration.daemon import RunningDaemon, start_daemon  # noqa: E402
+from tests.integration.streams import next_event, sse_frames  # noqa: E402
 
 REDIS_URL = os.environ.get("COLLECTORD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -131,11 +128,15 @@ def bench_ingest(rate: float, seconds: float, rounds: int, series: int) -> dict[
 def bench_stream(samples: int) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
-        sender = start_daemon(Path(tmp), redis_config(prefix, "host-b"))
+        (Path(tmp) / "a").mkdir()
+        (Path(tmp) / "b").mkdir()
+        a = start_daemon(Path(tmp) / "a", redis_config(prefix, "host-a"))
+        b = start_daemon(Path(tmp) / "b", redis_config(prefix, "host-b"))
         try:
-            delays = asyncio.run(_follow(sender, prefix, samples))
+            delays = asyncio.run(_follow(a, b, samples))
         finally:
-            sender.stop()
+            a.stop()
+            b.stop()
             cleanup(prefix)
     delays_ms = [d * 1000.0 for d in delays]
     return {
@@ -146,41 +147,21 @@ def bench_stream(samples: int) -> dict[str, Any]:
     }
 
 
-async def _follow(sender: RunningDaemon, prefix: str, samples: int) -> list[float]:
-    environ = {
-        "COLLECTORD_STORAGE_WAL": "false",
-        "COLLECTORD_REDIS_URL": REDIS_URL,
-        "COLLECTORD_REDIS_KEY_PREFIX": prefix,
-    }
-    pipeline = Pipeline(load_config(None, environ), SystemClock())
-    link = RedisSink(pipeline)
-    pipeline.add_sink(link)
-    task = asyncio.create_task(link.run())
-    sub = pipeline.hub.subscribe("default", ["bench.stream"])
-    sent_at: dict[float, float] = {}
+async def _follow(a: RunningDaemon, b: RunningDaemon, samples: int) -> list[float]:
+    """An SSE client on A; samples sent to B over UDP, one at a time."""
     delays: list[float] = []
-    try:
-        while sender.stats()["sinks"]["redis"]["streams"]["remoteInterest"] < 1:
+    async with aiohttp.ClientSession() as http, http.get(a.url("/api/v1/stream?metric=bench.stream")) as sse:
+        frames = sse_frames(sse)
+        await anext(frames)
+        while b.stats()["sinks"]["redis"]["streams"]["remoteInterest"] < 1:
             await asyncio.sleep(0.05)
         for i in range(samples):
-            sent_at[float(i)] = time.monotonic()
-            sender.send_udp(f"bench.stream:{i}|ms".encode())
-            events, _ = await sub.next(timeout=0.005)
-            now = time.monotonic()
-            delays.extend(now - sent_at.pop(e["value"]) for e in events)
-        while sent_at:
-            events, _ = await sub.next(timeout=2.0)
-            if not events:
-                break
-            now = time.monotonic()
-            delays.extend(now - sent_at.pop(e["value"]) for e in events)
-        if sent_at:
-            raise SystemExit(f"{len(sent_at)} stream events never arrived")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await link.drain()
-        await link.close()
+            sent = time.monotonic()
+            b.send_udp(f"bench.stream:{i}|ms".encode())
+            event = await asyncio.wait_for(next_event(frames, "metric"), 5.0)
+            if event["value"] != float(i):
+                raise SystemExit(f"expected {i}, got {event}")
+            delays.append(time.monotonic() - sent)
     return delays
 
 
