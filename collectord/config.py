@@ -550,6 +550,67 @@ class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"expected": 'a "redis://", "rediss://" or "unix://" URL or ""'},
         ),
     ] = ""
+    key_prefix: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9._-]{1,64}$",
+            description="Prefix of every key and channel; daemons that share realtime values, the "
+            "query cache and streams use the same prefix.",
+            extra={"expected": "1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'"},
+        ),
+    ] = "collectord"
+    timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            le=10,
+            description="The longest a query or realtime request waits for Redis before it answers "
+            "from memory instead.",
+        ),
+    ] = 0.25
+    write_interval: Annotated[
+        Duration,
+        Meta(
+            ge=0.05,
+            le=5,
+            description="How often realtime values are written, one pipeline per interval (lengthened "
+            "automatically when scanning the active series takes long); stream events do not wait for it.",
+        ),
+    ] = 0.5
+    realtime_ttl: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="A realtime key not written for this long expires (a counter's fleet total "
+            "then starts again from 0).",
+        ),
+    ] = 86400.0
+    recent_size: Annotated[
+        int,
+        Meta(ge=1, le=10000, description="Latest values kept per histogram/summary series (one per write interval)."),
+    ] = 100
+    cache_ttl: Annotated[
+        Duration,
+        Meta(gt=0, description="How long a cached answer over closed periods is kept."),
+    ] = 60.0
+    cache_ttl_old: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long a cached answer is kept when its range ended more than an hour ago "
+            "(never past the moment its oldest window leaves memory).",
+        ),
+    ] = 600.0
+    interest_ttl: Annotated[
+        Duration,
+        Meta(
+            ge=1,
+            le=300,
+            description="How long a daemon's announcement of the streams its clients follow lives "
+            "unless renewed (renewed at a third of it): a daemon that dies stops receiving "
+            "forwarded samples after this.",
+        ),
+    ] = 10.0
 
 
 class Token(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

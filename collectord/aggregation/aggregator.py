@@ -382,6 +382,10 @@ class Aggregator:
         touched, self.touched = self.touched, {}
         return touched
 
+    def slice_series(self) -> Iterable[Series]:
+        """Series holding open slices: every series that took a sample since the last flush."""
+        return self._pending[0].keys()
+
     def pending_order(self) -> list[list[Series]]:
         return [list(level) for level in self._pending]
 

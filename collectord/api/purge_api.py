@@ -11,6 +11,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
 from collectord.audit import METRICS_PURGED, audit
 from collectord.pipeline import Pipeline
+from collectord.redis.sink import purged as redis_purged
 from collectord.sinks.postgres.fleet import postgres_sink
 from collectord.sinks.postgres.purge import purge_memory, purge_stored
 
@@ -45,6 +46,7 @@ class PurgeApi:
                 raise ApiError(503, "postgres_unavailable", details={"reason": str(error)}) from error
         self.pipeline.catch_up()
         in_memory = purge_memory(self.pipeline.aggregator, principal.tenant, names, older_than)
+        redis_purged(self.pipeline, principal.tenant)  # cached answers may hold what was deleted
         if sink is None:
             deleted = in_memory
         data = {"metricNames": names or None, "olderThan": iso(older_than), "deletedCount": deleted}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from collectord.redis.sink import RedisSink
 from collectord.sinks.base import Sink
 from collectord.sinks.influx import InfluxSink
 from collectord.sinks.postgres.sink import PostgresSink
@@ -20,4 +21,6 @@ def build_sinks(pipeline: Pipeline) -> list[Sink]:
         sinks.append(InfluxSink(config, config.storage.resolve_data_dir() / "spool" / "influx"))
     if config.postgres.dsn:
         sinks.append(PostgresSink(pipeline))
+    if config.redis.url:
+        sinks.append(RedisSink(pipeline))
     return sinks
