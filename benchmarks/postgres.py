@@ -59,11 +59,21 @@ def feed(pipeline: Pipeline, samples: list[Sample], tenant: str = "bench") -> No
         pipeline.aggregator.apply(Batch(tenant, samples[i : i + 5000], pipeline.clock.now(), PAYLOAD_SAMPLES))
 
 
-def bench_flush(series: int = 100_000, histogram_share: float = 0.2) -> None:
-    """Steady state: every series took samples in the flush interval, so its 1m, 5m, 1h and 1d
-    windows (and its metric's name-level ones) are upserted over existing rows."""
+async def loop_probe(gaps: list[float], stop: asyncio.Event) -> None:
+    """Record how long the event loop went without running this task (wanted: 1 ms)."""
+    while not stop.is_set():
+        began = time.perf_counter()
+        await asyncio.sleep(0.001)
+        gaps.append(time.perf_counter() - began - 0.001)
+
+
+def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: int = 8) -> None:
+    """Steady state: every series takes a sample in every flush interval, so every flush
+    upserts its open 1m window (and its metric's); the flushes cross a 5m and an hour close,
+    which add the closed coarse windows (COARSE_PER_PASS per pass at most). A probe task
+    measures the longest time the event loop was held while each flush was written."""
     with fresh_database() as dsn:
-        clock = ManualClock(DAY_START)
+        clock = ManualClock(DAY_START + 3600 - 50)
         pipeline, sink = pipeline_for(dsn, "bench", clock)
         rng = random.Random(1)
         hist = int(series * histogram_share)
@@ -71,24 +81,30 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2) -> None:
 
         async def go() -> None:
             await sink._open()
-            for flush in range(2):
+            for flush in range(flushes):
                 samples: list[Sample] = [
                     (keys[i], KIND_HISTOGRAM if i < hist else KIND_COUNTER, rng.uniform(1, 100), 1.0, None)
                     for i in range(series)
                 ]
                 feed(pipeline, samples)
                 clock.advance(10)
-                pipeline.advance()
                 began = time.perf_counter()
-                records = await sink.aggregate_records(pipeline.aggregator, dict(sink.dirty), sink.offered_until)
-                built = time.perf_counter() - began
+                pipeline.advance()
+                advanced = time.perf_counter() - began
+                gaps: list[float] = []
+                stop = asyncio.Event()
+                probe = asyncio.create_task(loop_probe(gaps, stop))
+                await asyncio.sleep(0)
                 began = time.perf_counter()
                 await sink.write_pending()
                 total = time.perf_counter() - began
+                stop.set()
+                await probe
                 print(
-                    f"flush {flush + 1}: {series:,} series ({hist:,} histograms), {len(records):,} rows: "
-                    f"build {built:.2f} s, build + COPY + upsert {total:.2f} s"
-                    + (" (first: inserts)" if flush == 0 else " (upserts over existing rows)")
+                    f"flush {flush + 1} (closes {time.strftime('%H:%M:%S', time.gmtime(sink.offered_until))}): "
+                    f"{series:,} series ({hist:,} histograms), {sink.last_flush_rows:,} rows in {total:.2f} s; "
+                    f"loop held at most {max(gaps) * 1000:.0f} ms (p99 "
+                    f"{sorted(gaps)[int(len(gaps) * 0.99)] * 1000:.0f} ms); aggregator advance {advanced:.2f} s"
                 )
             await sink.close()
 

@@ -51,6 +51,7 @@ __all__ = [
     "ZERO_THRESHOLD",
     "Sketch",
     "SketchDecodeError",
+    "merge_encoded",
 ]
 
 RELATIVE_ACCURACY: Final = 0.0099
@@ -870,6 +871,78 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
             # Keep the invariant that integer totals cannot wrap uint64 arithmetic.
             sketch._to_float()
     return sketch
+
+
+def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
+    """The merge of many `to_bytes` encodings: the same buckets as decoding each and merging
+    them, checked as strictly (SketchDecodeError). Encodings with integer counts of unit
+    weight below 2**32 (what sketches of plain samples are) are summed straight from their
+    bytes into one array per sign, without a Sketch each; the rest are decoded one by one.
+    A fleet query merges thousands of stored sketches."""
+    neg_parts: list[tuple[int, Counts]] = []
+    pos_parts: list[tuple[int, Counts]] = []
+    zero = 0
+    others: list[bytes | bytearray | memoryview] = []
+    try:
+        for data in blobs:
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            if len(data) < 3 or data[0] != FORMAT_VERSION or data[1] != 0:
+                others.append(data)
+                continue
+            count, pos = _get_varint(data, 2)
+            stores: list[tuple[bool, int, Counts]] = []
+            fast = count < _LIMIT[_UINT_RUNGS[2]]
+            for positive in (False, True):
+                n, pos = _get_varint(data, pos)
+                if n == 0:
+                    continue
+                if n > MAX_BUCKETS:
+                    raise SketchDecodeError(f"{n} buckets exceed the cap of {MAX_BUCKETS}")
+                raw, pos = _get_varint(data, pos)
+                lo = (raw >> 1) ^ -(raw & 1)
+                key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
+                if lo < key_min or lo + n - 1 > key_max:
+                    raise SketchDecodeError("bucket keys out of range")
+                if pos >= len(data) or data[pos] not in _WIDTHS:
+                    raise SketchDecodeError("bad count width")
+                width = data[pos]
+                pos += 1
+                if pos + width * n > len(data):
+                    raise SketchDecodeError("truncated counts")
+                fast = fast and width <= 4
+                stores.append((positive, lo, np.frombuffer(data, _WIDTHS[width], n, pos)))
+                pos += width * n
+            if pos != len(data):
+                raise SketchDecodeError(f"{len(data) - pos} trailing bytes")
+            if not fast:
+                others.append(data)
+                continue
+            zero += count
+            for positive, lo, counts in stores:
+                (pos_parts if positive else neg_parts).append((lo, counts))
+    except SketchDecodeError:
+        raise
+    except Exception as exc:
+        raise SketchDecodeError(f"malformed sketch: {exc!r}") from exc
+    out = Sketch()
+    if neg_parts or pos_parts or zero:
+        combined = Sketch()
+        combined._dtype = _U64
+        combined._zero = zero
+        for positive, parts in ((False, neg_parts), (True, pos_parts)):
+            if not parts:
+                continue
+            lo = min(start for start, _ in parts)
+            hi = max(start + len(counts) for start, counts in parts)
+            total = np.zeros(hi - lo, dtype=_U64)
+            for start, counts in parts:
+                total[start - lo : start - lo + len(counts)] += counts
+            combined._set_store(positive, *_trim(total, lo))
+        out.merge(combined)
+    for data in others:
+        out.merge(Sketch.from_bytes(data))
+    return out
 
 
 # ---------------------------------------------------------------------- checkpoints

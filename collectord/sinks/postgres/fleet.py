@@ -22,9 +22,10 @@ import asyncpg
 from collectord.aggregation.aggregator import LEVEL_OF_GRANULARITY, Aggregator
 from collectord.aggregation.cells import Cell
 from collectord.aggregation.query import Query, build_row, merge_cells, run_query
+from collectord.aggregation.sketch import merge_encoded
 from collectord.aggregation.windows import GRANULARITY_SECONDS, align
 from collectord.model import MetricType
-from collectord.sinks.postgres.rows import CELL_COLUMNS, SCOPE_NAME, SCOPE_SERIES, cell_from_row
+from collectord.sinks.postgres.rows import GRANULARITY_OF_LEVEL, SCOPE_NAME, SCOPE_SERIES
 
 if TYPE_CHECKING:
     from collectord.pipeline import Pipeline
@@ -34,12 +35,25 @@ log = logging.getLogger("collectord.fleet")
 
 # (metric name, group values, period start)
 CellKey = tuple[str, tuple[str, ...], int]
-
-FETCH = (
-    f"SELECT source, metric_name, {CELL_COLUMNS} FROM metrics_aggregated "
-    "WHERE tenant_id = $1 AND metric_name = ANY($2::text[]) AND granularity = $3 AND scope = $4 "
-    "AND period_start >= $5 AND period_start < $6 AND ($7::jsonb IS NULL OR tags @> $7::jsonb)"
+# A coarse window (5m, 1h, 1d) is written once closed, within a few flushes (see sink.py); for
+# windows that ended less than this long ago, the finer rows inside them are read as well and
+# stand in for a coarse row not written yet.
+OPEN_MARGIN = 1800.0
+SELECT = (
+    "SELECT source, metric_name, granularity, series_hash, tags, metric_type, period_start, "
+    "count, sum, min, max, last, sketch, members FROM metrics_aggregated "
+    "WHERE tenant_id = $1 AND metric_name = ANY($2::text[]) AND scope = $3 "
+    "AND ($4::jsonb IS NULL OR tags @> $4::jsonb) "
 )
+# One branch per granularity read, each over its own period range (the primary key serves
+# each): {granularity, from, to} as parameters $5.., never text.
+FETCH = [
+    " UNION ALL ".join(
+        f"({SELECT}AND granularity = ${5 + 3 * i} AND period_start >= ${6 + 3 * i} AND period_start < ${7 + 3 * i})"
+        for i in range(branches)
+    )
+    for branches in range(1, 5)
+]
 
 
 def memory_cells(aggregator: Aggregator, query: Query) -> dict[CellKey, tuple[MetricType, Cell]]:
@@ -76,37 +90,113 @@ def memory_cells(aggregator: Aggregator, query: Query) -> dict[CellKey, tuple[Me
     return out
 
 
+def fetch_plan(query: Query, now: float) -> list[tuple[str, float, float]]:
+    """(granularity, from, to) per granularity read: the query's own over its range, and each
+    finer one over the recent windows of the next coarser one, which may not be written yet."""
+    level = LEVEL_OF_GRANULARITY[query.granularity]
+    seconds = GRANULARITY_SECONDS[query.granularity]
+    low, high = float(align(query.start, seconds)), float(math.ceil(query.end))
+    plan = [(query.granularity, low, high)]
+    for finer in range(level - 1, 0, -1):
+        coarser = GRANULARITY_SECONDS[GRANULARITY_OF_LEVEL[finer + 1]]
+        since = max(low, float(align(now - OPEN_MARGIN, coarser)))
+        if since < high:
+            plan.append((GRANULARITY_OF_LEVEL[finer], since, high))
+    return plan
+
+
+def _maximal(rows: list[Any], query: Query) -> list[Any]:
+    """The rows that partition each source's series' time: a row whose window lies inside a
+    coarser row read for the same source and series is left out (the coarser one holds it);
+    finer rows stand in for a coarse window only while it is not written."""
+    top = LEVEL_OF_GRANULARITY[query.granularity]
+    if all(row["granularity"] == query.granularity for row in rows):
+        return rows
+    level_of = LEVEL_OF_GRANULARITY
+    present = {
+        (row["source"], row["metric_name"], row["series_hash"], level_of[row["granularity"]], int(row["period_start"]))
+        for row in rows
+        if row["granularity"] != "1m"
+    }
+    kept = []
+    for row in rows:
+        level = level_of[row["granularity"]]
+        start = int(row["period_start"])
+        identity = (row["source"], row["metric_name"], row["series_hash"])
+        covered = False
+        for coarser in range(level + 1, top + 1):
+            length = GRANULARITY_SECONDS[GRANULARITY_OF_LEVEL[coarser]]
+            if (*identity, coarser, start - start % length) in present:
+                covered = True
+                break
+        if not covered:
+            kept.append(row)
+    return kept
+
+
+def cell_of_rows(rows: list[Any]) -> Cell:
+    """The merge of stored rows (in time order) as a cell; sketches merged from their bytes
+    in one pass."""
+    cell = Cell()
+    sketches = []
+    for row in rows:
+        members = row["members"]
+        if members is not None:
+            if cell.members is None:
+                cell.members = set()
+            cell.members.update(members)
+            continue
+        cell.count += row["count"]
+        cell.sum += row["sum"]
+        low, high, last = row["min"], row["max"], row["last"]
+        if low is not None and low < cell.min:
+            cell.min = low
+        if high is not None and high > cell.max:
+            cell.max = high
+        if last is not None:
+            cell.last = last
+        if row["sketch"] is not None:
+            sketches.append(row["sketch"])
+    if sketches:
+        cell.sketch = merge_encoded(sketches)
+    return cell
+
+
 async def stored_cells(
-    conn: asyncpg.Connection, query: Query, source: str
+    conn: asyncpg.Connection, query: Query, source: str, now: float
 ) -> tuple[dict[CellKey, tuple[MetricType, list[Cell]]], dict[CellKey, tuple[MetricType, list[Cell]]], set[str]]:
     """(own source's cells, every other source's cells, the other sources seen)."""
     seconds = GRANULARITY_SECONDS[query.granularity]
     scope = SCOPE_SERIES if query.tags or query.group_by else SCOPE_NAME
-    rows = await conn.fetch(
-        FETCH,
+    plan = fetch_plan(query, now)
+    args: list[Any] = [
         query.tenant,
         list(dict.fromkeys(query.metrics)),
-        query.granularity,
         scope,
-        float(align(query.start, seconds)),
-        float(math.ceil(query.end)),
         dict(query.tags) if query.tags else None,
-    )
+    ]
+    for branch in plan:
+        args.extend(branch)
+    rows = _maximal(await conn.fetch(FETCH[len(plan) - 1], *args), query)
+    rows.sort(key=lambda row: row["period_start"])
+    grouped: dict[tuple[bool, CellKey], list[Any]] = {}
+    sources: set[str] = set()
+    group_by = query.group_by
+    for row in rows:
+        values = tuple(str(row["tags"].get(k, "")) for k in group_by) if group_by else ()
+        key = (row["metric_name"], values, int(row["period_start"]) // seconds * seconds)
+        mine = row["source"] == source
+        if not mine:
+            sources.add(row["source"])
+        held = grouped.get((mine, key))
+        if held is None:
+            grouped[(mine, key)] = [row]
+        else:
+            held.append(row)
     own: dict[CellKey, tuple[MetricType, list[Cell]]] = {}
     others: dict[CellKey, tuple[MetricType, list[Cell]]] = {}
-    sources: set[str] = set()
-    for row in rows:
-        tags = row["tags"]
-        values = tuple(str(tags.get(k, "")) for k in query.group_by)
-        key = (row["metric_name"], values, int(row["period_start"]))
-        target = own if row["source"] == source else others
-        if row["source"] != source:
-            sources.add(row["source"])
-        held = target.get(key)
-        if held is None:
-            target[key] = (MetricType(row["metric_type"]), [cell_from_row(row)])
-        else:
-            held[1].append(cell_from_row(row))
+    for (mine, key), members in grouped.items():
+        (own if mine else others)[key] = (MetricType(members[-1]["metric_type"]), [cell_of_rows(members)])
     return own, others, sources
 
 
@@ -173,7 +263,7 @@ async def fleet_query(pipeline: Pipeline, query: Query) -> tuple[list[dict[str, 
     try:
         async with pool.acquire(timeout=sink.settings.query_timeout) as conn:
             own, others, seen = await asyncio.wait_for(
-                stored_cells(conn, query, sink.source), sink.settings.query_timeout
+                stored_cells(conn, query, sink.source, pipeline.clock.now()), sink.settings.query_timeout
             )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
         log.warning("fleet query answered from memory only", extra={"error": str(error)})

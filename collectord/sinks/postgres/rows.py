@@ -1,10 +1,14 @@
-"""Rows as PostgreSQL receives them (COPY records), built from cells and batches, and cells
-rebuilt from stored rows (for fleet queries)."""
+"""Rows as PostgreSQL receives them (binary COPY bytes), built from cells and batches, and
+cells rebuilt from stored rows (for fleet queries).
+
+The parts of a row that depend only on the series (tenant, source, name, type, scope, tags,
+hash) are encoded once per series and reused for every window and every flush."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from typing import Any
 
 import msgspec
@@ -12,6 +16,8 @@ import msgspec
 from collectord.aggregation.cells import Cell
 from collectord.aggregation.sketch import Sketch
 from collectord.model import KIND_GAUGE_DELTA, KIND_SET, TYPE_OF_KIND, MetricType, Sample, Tags
+from collectord.sinks.postgres import copy
+from collectord.sinks.postgres.schema import PG_EPOCH
 
 GRANULARITY_OF_LEVEL = {1: "1m", 2: "5m", 3: "1h", 4: "1d"}
 SCOPE_SERIES = 0
@@ -41,20 +47,30 @@ AGGREGATE_COLUMNS = (
     "sketch",
     "members",
 )
+# In the order RawRows encodes them: what repeats per series first, then the numbers.
 RAW_COLUMNS = (
     "tenant_id",
     "source",
     "metric_name",
-    "metric_value",
     "metric_type",
-    "weight",
     "tags",
+    "aggregation_type",
+    "metric_value",
+    "weight",
     "timestamp",
     "received_at",
-    "aggregation_type",
 )
-# The columns a query reads back to rebuild a cell.
-CELL_COLUMNS = "metric_type, tags, period_start, count, sum, min, max, last, sketch, members"
+# period_start, period_end, count, sum: never NULL.
+_WINDOW = struct.Struct(">iqiqidid")
+# metric_value, weight, timestamp, received_at.
+_RAW_NUMBERS = struct.Struct(">ididiqiq")
+_NO_PERCENTILES = copy.NULL * 4
+_GRANULARITY_FIELD = {level: copy.text(g) for level, g in GRANULARITY_OF_LEVEL.items()}
+_AGGREGATE_FIELDS = copy.field_count(len(AGGREGATE_COLUMNS))
+_RAW_FIELDS = copy.field_count(len(RAW_COLUMNS))
+_DELTA = copy.text("DELTA")
+# Prefix caches are dropped whole past this many entries (series come and go).
+CACHE_LIMIT = 400_000
 
 
 def tags_json(tags: Tags) -> str:
@@ -68,58 +84,77 @@ def series_hash(tags: Tags | None) -> bytes:
     return hashlib.blake2b(msgspec.msgpack.encode(tags), digest_size=16).digest()
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+class AggregateRows:
+    """Encodes aggregate windows as COPY rows for one source."""
 
+    def __init__(self, source: str) -> None:
+        self.source = copy.text(source)
+        self._prefixes: dict[tuple[str, str, Tags | None, MetricType], bytes] = {}
 
-def aggregate_row(
-    tenant: str,
-    source: str,
-    name: str,
-    metric_type: MetricType,
-    tags: Tags | None,
-    level: int,
-    start: int,
-    seconds: int,
-    cell: Cell,
-    hashed: bytes,
-    tags_text: str,
-) -> tuple[Any, ...]:
-    if cell.members is not None:
-        distinct = float(len(cell.members))
-        count: float = distinct
-        total = distinct
-        low = high = mean = distinct
-        pcts: list[float | None] = [None] * 4
-    else:
+    def prefix(self, tenant: str, name: str, tags: Tags | None, metric_type: MetricType) -> bytes:
+        """Every field before the granularity; tags None = the metric's name-level row."""
+        key = (tenant, name, tags, metric_type)
+        held = self._prefixes.get(key)
+        if held is None:
+            if len(self._prefixes) > CACHE_LIMIT:
+                self._prefixes.clear()
+            held = self._prefixes[key] = b"".join(
+                (
+                    _AGGREGATE_FIELDS,
+                    copy.text(tenant),
+                    self.source,
+                    copy.text(name),
+                    copy.text(metric_type.value),
+                    copy.int2(SCOPE_NAME if tags is None else SCOPE_SERIES),
+                    copy.jsonb(b"{}" if tags is None else msgspec.json.encode(dict(tags))),
+                    copy.raw_bytes(series_hash(tags)),
+                )
+            )
+        return held
+
+    @staticmethod
+    def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell) -> bytes:
+        """One window's row: `prefix` from `prefix()`."""
+        f8 = copy.float8
+        members = cell.members
+        if members is not None:
+            distinct = float(len(members))
+            encoded_distinct = f8(distinct)
+            return b"".join(
+                (
+                    prefix,
+                    _GRANULARITY_FIELD[level],
+                    _WINDOW.pack(8, copy.micros(start), 8, copy.micros(start + seconds), 8, distinct, 8, distinct),
+                    encoded_distinct * 3,
+                    _NO_PERCENTILES,
+                    f8(cell.last),
+                    copy.NULL,
+                    copy.text_array(sorted(members)),
+                )
+            )
         count, total = cell.count, cell.sum
-        low, high = cell.min, cell.max
-        mean = total / count if count else math.nan
-        pcts = cell.percentiles()
-    return (
-        tenant,
-        source,
-        name,
-        metric_type.value,
-        SCOPE_NAME if tags is None else SCOPE_SERIES,
-        tags_text,
-        hashed,
-        GRANULARITY_OF_LEVEL[level],
-        float(start),
-        float(start + seconds),
-        count,
-        total,
-        _finite(low),
-        _finite(high),
-        _finite(mean),
-        pcts[0],
-        pcts[1],
-        pcts[2],
-        pcts[3],
-        _finite(cell.last),
-        cell.sketch.to_bytes() if cell.sketch is not None else None,
-        sorted(cell.members) if cell.members is not None else None,
-    )
+        sketch = cell.sketch
+        if sketch is not None:
+            p50, p90, p95, p99 = cell.percentiles()
+            percentiles = f8(p50) + f8(p90) + f8(p95) + f8(p99)
+            encoded_sketch = copy.raw_bytes(sketch.to_bytes())
+        else:
+            percentiles = _NO_PERCENTILES
+            encoded_sketch = copy.NULL
+        return b"".join(
+            (
+                prefix,
+                _GRANULARITY_FIELD[level],
+                _WINDOW.pack(8, copy.micros(start), 8, copy.micros(start + seconds), 8, count, 8, total),
+                f8(cell.min),
+                f8(cell.max),
+                f8(total / count) if count else copy.NULL,
+                percentiles,
+                f8(cell.last),
+                encoded_sketch,
+                copy.NULL,
+            )
+        )
 
 
 def cell_from_row(row: Any) -> Cell:
@@ -141,35 +176,53 @@ def cell_from_row(row: Any) -> Cell:
 
 
 class RawRows:
-    """Turns applied batches into raw-point records, caching each series key's JSON tags."""
+    """Turns applied batches into raw-point COPY rows, encoding what repeats per series once."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
-        self._tags: dict[Tags, str] = {}
+        self.source = copy.text(source)
+        self._prefixes: dict[tuple[str, int, object], bytes] = {}
 
-    def records(self, tenant: str, received_at: float, samples: list[Sample]) -> list[tuple[Any, ...]]:
-        out = []
-        cache = self._tags
-        if len(cache) > 100_000:
-            cache.clear()
-        for (name, tags), kind, value, weight, ts in samples:
-            if kind == KIND_SET:
-                continue  # a member is a string, not a value; sets are stored aggregated
-            text = cache.get(tags)
-            if text is None:
-                text = cache[tags] = tags_json(tags)
-            out.append(
-                (
-                    tenant,
-                    self.source,
-                    name,
-                    value,
-                    TYPE_OF_KIND[kind].value,
-                    weight,
-                    text,
-                    received_at if ts is None else ts,
-                    received_at,
-                    "DELTA" if kind == KIND_GAUGE_DELTA else None,
-                )
+    def _prefix(self, tenant: str, kind: int, name: str, tags: Tags) -> bytes:
+        return b"".join(
+            (
+                _RAW_FIELDS,
+                copy.text(tenant),
+                self.source,
+                copy.text(name),
+                copy.text(TYPE_OF_KIND[kind].value),
+                copy.jsonb(msgspec.json.encode(dict(tags))),
+                _DELTA if kind == KIND_GAUGE_DELTA else copy.NULL,
             )
-        return out
+        )
+
+    def encode(
+        self, tenant: str, received_at: float, samples: list[Sample], out: bytearray
+    ) -> tuple[int, float, float]:
+        """Append the batch's rows to `out`; (rows, earliest, latest point time). Sets are
+        skipped: a member is a string, not a value; sets are stored aggregated."""
+        prefixes = self._prefixes
+        if len(prefixes) > CACHE_LIMIT:
+            prefixes.clear()
+        pack = _RAW_NUMBERS.pack
+        received = round((received_at - PG_EPOCH) * 1_000_000)
+        rows = 0
+        low = high = received_at
+        for key, kind, value, weight, ts in samples:
+            if kind == KIND_SET:
+                continue
+            cache_key = (tenant, kind, key)
+            prefix = prefixes.get(cache_key)
+            if prefix is None:
+                prefix = prefixes[cache_key] = self._prefix(tenant, kind, key[0], key[1])
+            if ts is None:
+                when = received
+            else:
+                when = round((ts - PG_EPOCH) * 1_000_000)
+                if ts < low:
+                    low = ts
+                elif ts > high:
+                    high = ts
+            out += prefix
+            out += pack(8, value, 8, weight, 8, when, 8, received)
+            rows += 1
+        return rows, low, high

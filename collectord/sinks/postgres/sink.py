@@ -1,15 +1,25 @@
 """PostgresSink: aggregates upserted on the flush timer, raw points by COPY, audit events.
 
 What is owed to PostgreSQL is kept as three things, all in every checkpoint (`state`):
-- the dirty set: series (and metrics' name-level aggregates) with the earliest time not yet
-  written; every window from there to now, at every granularity, is re-read from memory and
-  upserted. Open windows are rewritten at every flush, so PostgreSQL lags memory by at most
-  one flush interval; a closed window's last upsert is final.
+- the dirty sets, per series (and per metric: its name-level aggregate):
+  `fine`, the earliest time whose 1m windows must be (re)written: every 1m window from there
+  to now, the open one included, is re-read from memory and upserted at the next flush, so
+  PostgreSQL's 1m rows lag memory by at most one flush interval;
+  `coarse[level]` (5m, 1h, 1d), the earliest time whose windows at that level are owed: they
+  are written once closed (and again if late samples touch them), at most COARSE_PER_PASS per
+  pass, so a flush writes about one row per active series instead of four. A fleet query
+  makes up for an open (or not yet written) coarse window from the finer rows inside it
+  (fleet.py), so answers stay exact to one flush interval;
 - raw batches not yet written (with `raw_hwm`, the receive time of the newest written);
 - audit events not yet written (idempotent by their id).
 After kill -9 the checkpointed state comes back, the log's replay re-offers what came after it,
 and rows this daemon may have written past its checkpoint are rewritten (aggregates overwrite;
 raw points from `redo_from` on are deleted first), so nothing is lost or doubled.
+
+Nothing here holds the event loop for long: rows are encoded to binary COPY bytes in slices of
+BUILD_SLICE seconds, and the loop runs between slices (ingest, HTTP, flushes go on; a window
+read after a yield is read as it then stands, and anything that changed it meanwhile marks it
+dirty again).
 """
 
 from __future__ import annotations
@@ -17,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +40,12 @@ import msgspec
 from collectord.aggregation.query import merge_cells
 from collectord.aggregation.series import Series
 from collectord.audit import AuditEvent
-from collectord.model import Tags
+from collectord.model import MetricType, Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
 from collectord.sinks.base import Backoff, Flush, SinkStatus
-from collectord.sinks.postgres import schema
+from collectord.sinks.postgres import copy, schema
 from collectord.sinks.postgres.maintenance import maintain
-from collectord.sinks.postgres.rows import (
-    AGGREGATE_COLUMNS,
-    RAW_COLUMNS,
-    RawRows,
-    aggregate_row,
-    series_hash,
-    tags_json,
-)
+from collectord.sinks.postgres.rows import AGGREGATE_COLUMNS, RAW_COLUMNS, AggregateRows, RawRows
 from collectord.storage.journal import decode_samples, encode_samples
 
 if TYPE_CHECKING:
@@ -49,14 +54,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collectord.sinks.postgres")
 
+RAW_KINDS = {"api": PAYLOAD_SAMPLES, "line": PAYLOAD_LINE, "statsd": PAYLOAD_STATSD}
 # (tenant, name, tags); tags None = the metric's name-level aggregate (all its series).
 DirtyKey = tuple[str, str, Tags | None]
-STATE_VERSION = 1
-RAW_KINDS = {"api": PAYLOAD_SAMPLES, "line": PAYLOAD_LINE, "statsd": PAYLOAD_STATSD}
-# Raw batches per COPY; series per yield to the event loop while building aggregate rows.
-RAW_CHUNK = 2000
-YIELD_EVERY = 2000
+STATE_VERSION = 2
+COARSE_LEVELS = (2, 3, 4)
+# Closed coarse windows written per pass at most: an hour or a day closing spreads over a few
+# flushes instead of making one flush four times as large.
+COARSE_PER_PASS = 50_000
+# Raw rows per COPY (whole batches; at least one).
+RAW_ROWS_PER_COPY = 200_000
 AUDIT_CHUNK = 5000
+# Encoding runs at most this long before the event loop gets control back.
+BUILD_SLICE = 0.005
 # Without a flush, the writer still wakes this often (raw points, audit events, retries).
 IDLE_WAKE = 1.0
 # How far a raw point's time may be from its receive time (late allowance + clock skew).
@@ -76,6 +86,26 @@ AUDIT_INSERT = (
 )
 
 
+def _lower(held: dict[DirtyKey, float], key: DirtyKey, when: float) -> None:
+    old = held.get(key)
+    if old is None or when < old:
+        held[key] = when
+
+
+class _Slicer:
+    """Says when the current slice of encoding work has run BUILD_SLICE seconds."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.began >= BUILD_SLICE
+
+    async def pause(self) -> None:
+        await asyncio.sleep(0)
+        self.began = time.perf_counter()
+
+
 class PostgresSink:
     name = "postgres"
 
@@ -87,7 +117,13 @@ class PostgresSink:
         self.raw_kinds = {RAW_KINDS[p] for p in self.settings.raw_protocols.split(",") if p}
         self.pool: asyncpg.Pool | None = None
         self.disabled_reason: str | None = None
-        self.dirty: dict[DirtyKey, float] = {}
+        self.fine: dict[DirtyKey, float] = {}
+        self.coarse: dict[int, dict[DirtyKey, float]] = {level: {} for level in COARSE_LEVELS}
+        # The series of keys with coarse windows owed: a series idle past its expiry leaves
+        # the aggregator's table, but its windows must still be written once closed.
+        self.series_refs: dict[DirtyKey, Series] = {}
+        # Fine keys taken by the pass being written: still owed until it commits.
+        self.inflight: dict[DirtyKey, float] = {}
         self.raw: deque[Batch] = deque()
         self.audit: deque[AuditEvent] = deque()
         self.raw_hwm = 0.0
@@ -99,10 +135,14 @@ class PostgresSink:
         self.status_ = SinkStatus(self.name)
         self.wake = asyncio.Event()
         self.raw_rows = RawRows(self.source)
+        self.aggregate_rows = AggregateRows(self.source)
         self.known_tenants: set[str] = set()
+        # Tenants of coarse windows owed from a checkpoint (registered before the first write).
+        self.restored_tenants: set[str] = set()
         self.known_days: set[Any] = set()
         self.last_flush_seconds = 0.0
         self.last_flush_rows = 0
+        self.longest_slice = 0.0
         self.schema_version: int | None = None
         self._maintenance: asyncio.Task[None] | None = None
         pipeline.batch_taps.append(self.on_batch)
@@ -110,26 +150,29 @@ class PostgresSink:
     # ------------------------------------------------------------------ offers (event loop, cheap)
 
     def on_flush(self, flush: Flush) -> None:
-        dirty = self.dirty
-        for record in flush.view:
-            cell = record.cell
+        fine = self.fine
+        names: dict[tuple[str, str], float] = {}
+        for series, start, cell in flush.view:
             if cell.count == 0 and not cell.members:
                 continue  # an idle gauge re-emitted: its windows did not change
-            self._mark(record.series, record.period_start)
+            key = (series.tenant, series.name, series.tags)
+            held = fine.get(key)
+            if held is None or start < held:
+                fine[key] = start
+            metric = (series.tenant, series.name)
+            held = names.get(metric)
+            if held is None or start < held:
+                names[metric] = start
         for series, when in flush.touched.items():
-            self._mark(series, when)
+            _lower(fine, (series.tenant, series.name, series.tags), when)
+            _lower(fine, (series.tenant, series.name, None), when)
+        for (tenant, name), when in names.items():
+            _lower(fine, (tenant, name, None), when)
         self.offered_until = max(self.offered_until, flush.closed_until)
         if not self.written_until:
             self.written_until = flush.closed_until
-        if dirty:
+        if fine:
             self.wake.set()
-
-    def _mark(self, series: Series, when: float) -> None:
-        dirty = self.dirty
-        for key in ((series.tenant, series.name, series.tags), (series.tenant, series.name, None)):
-            held = dirty.get(key)
-            if held is None or when < held:
-                dirty[key] = when
 
     def on_batch(self, batch: Batch, replaying: bool) -> None:
         if batch.kind == PAYLOAD_AUDIT:
@@ -155,10 +198,23 @@ class PostgresSink:
 
     # ------------------------------------------------------------------ checkpointed state
 
+    @staticmethod
+    def _encode_keys(held: dict[DirtyKey, float]) -> list[list[Any]]:
+        return [[t, n, None if g is None else [list(p) for p in g], w] for (t, n, g), w in held.items()]
+
+    @staticmethod
+    def _decode_keys(encoded: list[list[Any]], into: dict[DirtyKey, float]) -> None:
+        for tenant, name, tags, when in encoded:
+            _lower(into, (tenant, name, None if tags is None else tuple((k, v) for k, v in tags)), when)
+
     def state(self) -> Any:
+        fine = dict(self.fine)
+        for key, when in self.inflight.items():
+            _lower(fine, key, when)
         return {
             "v": STATE_VERSION,
-            "dirty": [[t, n, None if g is None else [list(p) for p in g], w] for (t, n, g), w in self.dirty.items()],
+            "fine": self._encode_keys(fine),
+            "coarse": {str(level): self._encode_keys(held) for level, held in self.coarse.items()},
             "raw_hwm": self.raw_hwm,
             "raw": [[b.tenant, b.received_at, b.kind, encode_samples(b.samples)] for b in self.raw],
             "audit": [msgspec.json.encode(e) for e in self.audit],
@@ -166,18 +222,24 @@ class PostgresSink:
         }
 
     def restore(self, state: Any) -> None:
-        if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("v") not in (1, STATE_VERSION):
             return
-        for tenant, name, tags, when in state["dirty"]:
-            key = (tenant, name, None if tags is None else tuple((k, v) for k, v in tags))
-            self.dirty[key] = min(when, self.dirty.get(key, when))
+        if state["v"] == 1:  # one dirty set for every granularity
+            self._decode_keys(state["dirty"], self.fine)
+            for held in self.coarse.values():
+                self._decode_keys(state["dirty"], held)
+        else:
+            self._decode_keys(state["fine"], self.fine)
+            for level, encoded in state["coarse"].items():
+                self._decode_keys(encoded, self.coarse[int(level)])
+        self.restored_tenants = {key[0] for held in self.coarse.values() for key in held}
         self.raw_hwm = float(state["raw_hwm"])
         for tenant, received_at, kind, payload in state["raw"]:
             self.raw.append(Batch(tenant, decode_samples(payload), received_at, kind))
             if self.redo_from is None or received_at < self.redo_from:
                 self.redo_from = received_at
-        for encoded in state["audit"]:
-            self.audit.append(msgspec.json.decode(encoded, type=AuditEvent))
+        for encoded_event in state["audit"]:
+            self.audit.append(msgspec.json.decode(encoded_event, type=AuditEvent))
         self.written_until = int(state["written_until"])
 
     # ------------------------------------------------------------------ writer
@@ -246,7 +308,7 @@ class PostgresSink:
         log.info("PostgreSQL connected", extra={"schema_version": self.schema_version})
 
     async def write_pending(self) -> None:
-        """One pass: raw points, audit events, then every dirty window."""
+        """One pass: raw points, audit events, then the dirty and due windows."""
         assert self.pool is not None
         async with self.pool.acquire(timeout=self.settings.connect_timeout) as conn:
             if self.redo_from is not None:
@@ -256,7 +318,7 @@ class PostgresSink:
                 await self._write_raw(conn)
             while self.audit:
                 await self._write_audit(conn)
-            if self.dirty:
+            if self.fine or self._coarse_due(self.offered_until):
                 await self._write_aggregates(conn)
             else:
                 self.written_until = self.offered_until
@@ -294,23 +356,56 @@ class PostgresSink:
                 self.known_days.add(day)
                 day += timedelta(days=1)
 
+    async def _chunks(self, parts: list[bytearray]) -> AsyncIterator[bytes]:
+        """Encoded parts to the connection, the loop running between them."""
+        yield copy.HEADER
+        for part in parts:
+            yield bytes(part)
+            await asyncio.sleep(0)
+        yield copy.TRAILER
+
     async def _write_raw(self, conn: asyncpg.Connection) -> None:
-        batches = [self.raw[i] for i in range(min(RAW_CHUNK, len(self.raw)))]
-        records: list[tuple[Any, ...]] = []
-        for batch in batches:
-            records.extend(self.raw_rows.records(batch.tenant, batch.received_at, batch.samples))
-        if records:
+        batches: list[Batch] = []
+        parts: list[bytearray] = [bytearray()]
+        rows = 0
+        low, high = math.inf, -math.inf
+        slicer = _Slicer()
+        encode = self.raw_rows.encode
+        # A snapshot: batches are appended while the loop runs between slices.
+        for batch in list(self.raw):
+            if rows >= RAW_ROWS_PER_COPY:
+                break
+            batches.append(batch)
+            taken, first, last = encode(batch.tenant, batch.received_at, batch.samples, parts[-1])
+            if taken:
+                rows += taken
+                low, high = min(low, first), max(high, last)
+            if len(parts[-1]) >= copy.COPY_CHUNK_BYTES:
+                parts.append(bytearray())
+            if slicer.due():
+                self._slice_took(slicer)
+                await slicer.pause()
+        if rows:
             await self._tenants(conn, {b.tenant for b in batches})
-            times = [r[7] for r in records]
-            await self._partitions(conn, min(times), max(times))
-            await conn.copy_records_to_table(
-                "metrics", records=records, columns=RAW_COLUMNS, timeout=self.settings.write_timeout
+            await self._partitions(conn, low, high)
+            await conn.copy_to_table(
+                "metrics",
+                source=self._chunks(parts),
+                columns=RAW_COLUMNS,
+                format="binary",
+                timeout=self.settings.write_timeout,
             )
-        for _ in batches:
+        taken_ids = {id(b) for b in batches}
+        while self.raw and id(self.raw[0]) in taken_ids:
             self.raw.popleft()
         self.raw_hwm = max(self.raw_hwm, batches[-1].received_at)
-        self.status_.written += len(records)
-        self.status_.extra["rawRowsWritten"] = self.status_.extra.get("rawRowsWritten", 0) + len(records)
+        self.status_.written += rows
+        self.status_.extra["rawRowsWritten"] = self.status_.extra.get("rawRowsWritten", 0) + rows
+
+    def _slice_took(self, slicer: _Slicer) -> None:
+        took = time.perf_counter() - slicer.began
+        if took > self.longest_slice:
+            self.longest_slice = took
 
     async def _write_audit(self, conn: asyncpg.Connection) -> None:
         events = [self.audit[i] for i in range(min(AUDIT_CHUNK, len(self.audit)))]
@@ -331,77 +426,44 @@ class PostgresSink:
             self.audit.popleft()
         self.status_.extra["auditWritten"] = self.status_.extra.get("auditWritten", 0) + len(events)
 
+    def _coarse_due(self, until: int) -> bool:
+        """Whether some owed coarse window has closed (every slice before `until` has)."""
+        seconds = self.pipeline.aggregator.level_seconds
+        return any(held and min(held.values()) < until - until % seconds[level] for level, held in self.coarse.items())
+
     async def _write_aggregates(self, conn: asyncpg.Connection) -> None:
         began = time.perf_counter()
-        taken, self.dirty = self.dirty, {}
+        taken, self.fine = self.fine, {}
+        self.inflight = taken
         until = self.offered_until
+        plan = AggregatePlan(self, taken, until)
         try:
-            records = await self.aggregate_records(self.pipeline.aggregator, taken, until)
-            await self._tenants(conn, {key[0] for key in taken})
+            await self._tenants(conn, {key[0] for key in taken} | self.restored_tenants)
+            self.restored_tenants = set()
             async with conn.transaction():
                 await conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
                     "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-                await conn.copy_records_to_table(
-                    "agg_stage", records=records, columns=AGGREGATE_COLUMNS, timeout=self.settings.write_timeout
+                await conn.copy_to_table(
+                    "agg_stage",
+                    source=plan.chunks(),
+                    columns=AGGREGATE_COLUMNS,
+                    format="binary",
+                    timeout=self.settings.write_timeout,
                 )
                 await conn.execute(UPSERT)
         except BaseException:
             for key, when in taken.items():
-                held = self.dirty.get(key)
-                if held is None or when < held:
-                    self.dirty[key] = when
+                _lower(self.fine, key, when)
             raise
+        finally:
+            self.inflight = {}
+        plan.committed()
         self.written_until = max(self.written_until, until)
         self.last_flush_seconds = time.perf_counter() - began
-        self.last_flush_rows = len(records)
-        self.status_.written += len(records)
-
-    async def aggregate_records(
-        self, aggregator: Aggregator, taken: dict[DirtyKey, float], until: int
-    ) -> list[tuple[Any, ...]]:
-        """Every window of every granularity from each key's earliest dirty time to the last
-        closed slice, read from memory (open windows as they stand). Yields to the loop now
-        and then: ingest goes on while a large flush is built."""
-        records: list[tuple[Any, ...]] = []
-        last = max(until - 1, 0)
-        level_seconds = aggregator.level_seconds
-        by_tenant = aggregator.table.by_tenant
-        for done, ((tenant, name, tags), earliest) in enumerate(taken.items()):
-            if done % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
-            if tags is None:
-                totals = aggregator.name_totals.get((tenant, name))
-                named = aggregator.table.by_name.get((tenant, name))
-                if totals is None and not named:
-                    continue
-                metric_type = totals.type if totals is not None else next(iter(named.values())).type  # type: ignore[union-attr]
-                hashed, text = b"", "{}"
-                series = None
-            else:
-                series = by_tenant.get(tenant, {}).get((name, tags))
-                if series is None:
-                    continue
-                metric_type = series.type
-                hashed, text = series_hash(tags), tags_json(tags)
-            for level in range(1, 5):
-                seconds = level_seconds[level]
-                start = int(earliest // seconds) * seconds
-                while start <= last:
-                    if series is None:
-                        parts = aggregator.read_name_totals(tenant, name, level, start)
-                    else:
-                        parts = aggregator.read(series, level, start)
-                    cell = merge_cells(parts)
-                    if cell is not None and not cell.is_empty:
-                        records.append(
-                            aggregate_row(
-                                tenant, self.source, name, metric_type, tags, level, start, seconds, cell, hashed, text
-                            )
-                        )
-                    start += seconds
-        return records
+        self.last_flush_rows = plan.rows
+        self.status_.written += plan.rows
 
     async def drain(self) -> None:
         if self.pool is None or self.disabled_reason:
@@ -417,18 +479,134 @@ class PostgresSink:
 
     def status(self) -> SinkStatus:
         status = self.status_
-        status.queued = len(self.dirty) + len(self.raw) + len(self.audit)
-        behind = self.offered_until - self.written_until if (self.dirty or self.raw or self.audit) else 0
+        status.queued = len(self.fine) + len(self.inflight) + len(self.raw) + len(self.audit)
+        behind = self.offered_until - self.written_until if status.queued else 0
         status.lag_seconds = float(max(behind, 0))
         status.extra.update(
             {
                 "source": self.source,
                 "schemaVersion": self.schema_version,
-                "dirtySeries": len(self.dirty),
+                "dirtySeries": len(self.fine) + len(self.inflight),
+                "coarseOwed": {GRANULARITY[level]: len(held) for level, held in self.coarse.items()},
                 "rawBatchesQueued": len(self.raw),
                 "auditQueued": len(self.audit),
                 "lastFlushSeconds": round(self.last_flush_seconds, 3),
                 "lastFlushRows": self.last_flush_rows,
+                "longestLoopSliceMs": round(self.longest_slice * 1000, 1),
             }
         )
         return status
+
+
+GRANULARITY = {2: "5m", 3: "1h", 4: "1d"}
+
+
+class AggregatePlan:
+    """One pass's aggregate rows: every 1m window of the fine keys from their earliest dirty
+    time to the last closed slice (open window included), then closed coarse windows owed, up
+    to COARSE_PER_PASS. Encoded in slices; `committed` settles the coarse sets afterwards."""
+
+    def __init__(self, sink: PostgresSink, taken: dict[DirtyKey, float], until: int) -> None:
+        self.sink = sink
+        self.aggregator: Aggregator = sink.pipeline.aggregator
+        self.taken = taken
+        self.until = until
+        self.rows = 0
+        # (level, key) -> the start of the window it is owed from after this pass.
+        self.settled: list[tuple[int, DirtyKey, int]] = []
+
+    def _source(self, key: DirtyKey) -> tuple[Series | None, MetricType | None]:
+        """The series (None for a name-level key) and its type; type None when gone."""
+        aggregator = self.aggregator
+        tenant, name, tags = key
+        if tags is None:
+            totals = aggregator.name_totals.get((tenant, name))
+            if totals is not None:
+                return None, totals.type
+            named = aggregator.table.by_name.get((tenant, name))
+            return None, next(iter(named.values())).type if named else None
+        series = aggregator.table.by_tenant.get(tenant, {}).get((name, tags))
+        if series is None:
+            series = self.sink.series_refs.get(key)
+        else:
+            self.sink.series_refs[key] = series
+        return series, series.type if series is not None else None
+
+    def _windows(self, key: DirtyKey, level: int, first: int, stop: int, out: bytearray) -> None:
+        """Encode the key's windows at `level` starting in [first, stop)."""
+        series, metric_type = self._source(key)
+        if metric_type is None:
+            return
+        aggregator = self.aggregator
+        tenant, name, tags = key
+        seconds = aggregator.level_seconds[level]
+        prefix = self.sink.aggregate_rows.prefix(tenant, name, tags, metric_type)
+        row = AggregateRows.row
+        for start in range(first, stop, seconds):
+            if series is None:
+                parts = aggregator.read_name_totals(tenant, name, level, start)
+            else:
+                parts = aggregator.read(series, level, start)
+            cell = merge_cells(parts)
+            if cell is not None and not cell.is_empty:
+                out += row(prefix, level, start, seconds, cell)
+                self.rows += 1
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        sink = self.sink
+        slicer = _Slicer()
+        out = bytearray(copy.HEADER)
+        until = self.until
+        last = max(until - 1, 0)
+        coarse = sink.coarse
+        minute = self.aggregator.level_seconds[1]
+        for key, earliest in self.taken.items():
+            self._windows(key, 1, int(earliest // minute) * minute, last + 1, out)
+            for held in coarse.values():
+                _lower(held, key, earliest)
+            if slicer.due() or len(out) >= copy.COPY_CHUNK_BYTES:
+                yield bytes(out)
+                out.clear()
+                if slicer.due():
+                    sink._slice_took(slicer)
+                    await slicer.pause()
+        budget = COARSE_PER_PASS
+        for level, held in coarse.items():
+            seconds = self.aggregator.level_seconds[level]
+            boundary = until - until % seconds  # the open window's start
+            if not held or min(held.values()) >= boundary:
+                continue
+            for key, earliest in list(held.items()):
+                if budget <= 0:
+                    break
+                first = int(earliest // seconds) * seconds
+                if first >= boundary:
+                    continue
+                budget -= (boundary - first) // seconds
+                self._windows(key, level, first, boundary, out)
+                self.settled.append((level, key, boundary))
+                if slicer.due() or len(out) >= copy.COPY_CHUNK_BYTES:
+                    yield bytes(out)
+                    out.clear()
+                    if slicer.due():
+                        sink._slice_took(slicer)
+                        await slicer.pause()
+        out += copy.TRAILER
+        yield bytes(out)
+
+    def committed(self) -> None:
+        """The written coarse windows are final: each key stays owed from its open window if
+        that window has closed slices (it may hold samples), else not at all. Late samples
+        that touched a written window meanwhile are in `fine` and come back next pass."""
+        coarse = self.sink.coarse
+        last = self.until - 1
+        for level, key, boundary in self.settled:
+            held = coarse[level]
+            if key not in held:
+                continue
+            if boundary <= last:
+                held[key] = boundary
+            else:
+                del held[key]
+                if all(key not in owed for owed in coarse.values()):
+                    self.sink.series_refs.pop(key, None)

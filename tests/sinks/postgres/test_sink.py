@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from collectord.aggregation.sketch import Sketch
 from collectord.clock import ManualClock
@@ -14,6 +17,7 @@ from collectord.config import load_config
 from collectord.model import KIND_COUNTER, KIND_HISTOGRAM, Sample
 from collectord.pipeline import Pipeline
 from collectord.ring import PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.sinks.postgres import sink as sink_module
 from collectord.sinks.postgres.sink import PostgresSink
 from tests.integration.pg import query
 
@@ -45,10 +49,14 @@ async def flush(sink: PostgresSink) -> None:
     await sink.write_pending()
 
 
-def test_flush_writes_every_granularity_and_open_windows(tmp_path: Path, pg_dsn: str) -> None:
+def test_flush_writes_open_minutes_then_coarse_windows_once_closed(tmp_path: Path, pg_dsn: str) -> None:
     clock = ManualClock(DAY_START)
     pipeline, sink = new_pipeline(tmp_path, pg_dsn, clock)
     values = [float(v) for v in range(1, 101)]
+    sql = (
+        "SELECT metric_name, scope, tags, granularity, period_start, count, sum, min, max, p99, sketch, source "
+        "FROM metrics_aggregated WHERE tenant_id = 'acme' ORDER BY metric_name, scope, granularity"
+    )
 
     async def go() -> None:
         for i, value in enumerate(values):
@@ -64,11 +72,22 @@ def test_flush_writes_every_granularity_and_open_windows(tmp_path: Path, pg_dsn:
         await sink.close()
 
     asyncio.run(go())
-    rows = query(
-        pg_dsn,
-        "SELECT metric_name, scope, tags, granularity, period_start, count, sum, min, max, p99, sketch, source "
-        "FROM metrics_aggregated WHERE tenant_id = 'acme' ORDER BY metric_name, scope, granularity",
-    )
+    # Windows still open: only their 1m rows, up to date.
+    rows = query(pg_dsn, sql)
+    assert {(r["metric_name"], r["scope"], r["granularity"]) for r in rows} == {
+        (name, scope, "1m") for name in ("hits", "lat") for scope in (0, 1)
+    }
+    assert all(r["count"] == 100 for r in rows)
+    assert sink.status().lag_seconds == 0
+
+    async def next_day() -> None:
+        clock.advance(86400)
+        pipeline.advance()
+        await flush(sink)
+        await sink.close()
+
+    asyncio.run(next_day())
+    rows = query(pg_dsn, sql)
     by = {(r["metric_name"], r["scope"], r["granularity"]): r for r in rows}
     assert len(rows) == 16  # 2 metrics x (series + name-level) x 4 granularities
     for granularity in ("1m", "5m", "1h", "1d"):
@@ -78,7 +97,7 @@ def test_flush_writes_every_granularity_and_open_windows(tmp_path: Path, pg_dsn:
         assert lat["period_start"] == DAY_START and lat["source"] == "host-a"
         assert math.isclose(Sketch.from_bytes(lat["sketch"]).quantile(0.99) or 0, 99, rel_tol=0.01)
         assert by[("hits", 1, granularity)]["sum"] == 200
-    assert sink.status().lag_seconds == 0
+    assert sink.status().lag_seconds == 0 and not sink._coarse_due(sink.offered_until)
 
 
 def test_hostile_tags_are_stored_verbatim(tmp_path: Path, pg_dsn: str) -> None:
@@ -179,3 +198,51 @@ def test_newer_schema_disables_the_sink_not_ingest(tmp_path: Path, pg_dsn: str) 
     status = sink.status()
     assert not status.enabled and "version 42" in (status.last_error or "")
     assert pipeline.aggregator.counters.samples == 1
+
+
+@pytest.mark.parametrize("coarse_per_pass", [50_000, 0])
+def test_fleet_answers_match_the_writer_memory_while_coarse_windows_are_open(
+    tmp_path: Path, pg_dsn: str, coarse_per_pass: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Source b writes; a daemon with none of the data (source a) answers from PostgreSQL at
+    every granularity, after every flush, across 5m and 1h closes: the same rows as b's own
+    memory, whether b's coarse window is written yet or stands in as finer rows (with no
+    coarse rows written at all, closed windows come from finer rows within OPEN_MARGIN)."""
+    monkeypatch.setattr(sink_module, "COARSE_PER_PASS", coarse_per_pass)
+    clock = ManualClock(DAY_START + 3600 - 130)  # two minutes before an hour closes
+    reader, reader_sink = new_pipeline(tmp_path / "a", pg_dsn, clock)
+    writer, writer_sink = new_pipeline(tmp_path / "b", pg_dsn, clock, COLLECTORD_INSTANCE_NAME="host-b")
+    rng = random.Random(7)
+    from collectord.aggregation.query import Query, run_query
+    from collectord.sinks.postgres.fleet import fleet_query
+
+    def compare(rows: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+        assert [(r["periodStart"], r["tags"]) for r in rows] == [(r["periodStart"], r["tags"]) for r in expected]
+        for got, want in zip(rows, expected, strict=True):
+            assert got["count"] == want["count"] and got["min"] == want["min"] and got["max"] == want["max"]
+            assert math.isclose(got["sum"], want["sum"], rel_tol=1e-12)
+            assert got["p99"] == want["p99"] and got["p50"] == want["p50"]
+
+    async def go() -> None:
+        await reader_sink._open()
+        for step in range(30):
+            for _ in range(20):
+                host = f"h{rng.randrange(3)}"
+                record(writer, [(("q.lat", (("host", host),)), KIND_HISTOGRAM, rng.lognormvariate(2, 1), 1.0, None)])
+            clock.advance(10)
+            writer.advance()
+            reader.advance()
+            await flush(writer_sink)
+            if step % 3:
+                continue
+            now = clock.now()
+            for granularity in ("1m", "5m", "1h", "1d"):
+                for group_by in ([], ["host"]):
+                    query = Query("acme", ["q.lat"], now - 7200, now, granularity, "P99", group_by=group_by)
+                    rows, meta = await fleet_query(reader, query)
+                    assert meta["sources"] == ["host-a", "host-b"]
+                    compare(rows, run_query(writer.aggregator, query))
+        await writer_sink.close()
+        await reader_sink.close()
+
+    asyncio.run(go())
