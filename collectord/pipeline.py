@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator, FlushRecord
 from collectord.clock import Clock
 from collectord.config import Config
@@ -19,8 +21,9 @@ from collectord.model import MetricType
 from collectord.protocols.line import LineParser
 from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import PAYLOAD_AUDIT, Batch, Ring
+from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_PURGE, Batch, Ring
 from collectord.sinks.base import Flush, Sink
+from collectord.sinks.postgres.purge import purge_memory
 from collectord.storage.journal import Journal
 from collectord.streams.hub import StreamHub
 
@@ -39,6 +42,13 @@ def aggregation_settings(config: Config) -> AggregationSettings:
         ),
         emit_idle_gauges=aggregate.emit_idle_gauges,
     )
+
+
+class PurgeRecord(msgspec.Struct):
+    """A purge as the write-ahead log keeps it."""
+
+    names: list[str]
+    olderThan: float
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Pipeline:
         if self.journal is not None:
             self.journal.extra_state = self._checkpoint_extra
             self.journal.on_replayed = self._tap_replayed
+            self.journal.on_purge = self._replay_purge
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
@@ -101,6 +112,25 @@ class Pipeline:
             self.journal.log_audit(tenant, batch.received_at, payload)
         for tap in self.batch_taps:
             tap(batch, False)
+
+    def purge(self, tenant: str, names: list[str], older_than: float) -> int:
+        """Drop the tenant's in-memory windows (of `names`, or all) that end by `older_than`;
+        returns how many. Logged first (JournalUnavailable when the log cannot take it), after
+        closing periods as of now: a replay after kill -9 closes the same periods and purges
+        at the same point, so purged windows do not come back."""
+        self.advance()
+        if self.journal is not None:
+            payload = msgspec.json.encode({"names": names, "olderThan": older_than})
+            self.journal.log_audit(tenant, self.clock.now(), payload, kind=PAYLOAD_PURGE)
+        return purge_memory(self.aggregator, tenant, names, older_than)
+
+    @staticmethod
+    def _replay_purge(aggregator: Aggregator, tenant: str, payload: bytes) -> None:
+        try:
+            logged = msgspec.json.decode(payload, type=PurgeRecord)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        purge_memory(aggregator, tenant, logged.names, logged.olderThan)
 
     def _checkpoint_extra(self) -> dict[str, object]:
         return {"sinks": {sink.name: sink.state() for sink in self.sinks}}

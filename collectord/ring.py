@@ -22,6 +22,9 @@ PAYLOAD_LINE = 2
 PAYLOAD_SAMPLES = 3
 # An audit event (JSON), logged so it is never lost; not applied to the aggregation.
 PAYLOAD_AUDIT = 4
+# A purge of in-memory windows (JSON: tenant's metric names and a time), logged so a replay
+# applies it at the same point instead of bringing purged windows back.
+PAYLOAD_PURGE = 5
 
 
 class Batch(NamedTuple):

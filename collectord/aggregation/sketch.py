@@ -879,22 +879,29 @@ def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
     weight below 2**32 (what sketches of plain samples are) are summed straight from their
     bytes into one array per sign, without a Sketch each; the rest are decoded one by one.
     A fleet query merges thousands of stored sketches."""
-    neg_parts: list[tuple[int, Counts]] = []
-    pos_parts: list[tuple[int, Counts]] = []
+    parts: tuple[list[tuple[int, Counts]], list[tuple[int, Counts]]] = ([], [])
     zero = 0
     others: list[bytes | bytearray | memoryview] = []
+    small = _LIMIT[_UINT_RUNGS[2]]
     try:
         for data in blobs:
             if not isinstance(data, bytes):
                 data = bytes(data)
-            if len(data) < 3 or data[0] != FORMAT_VERSION or data[1] != 0:
+            size = len(data)
+            if size < 3 or data[0] != FORMAT_VERSION or data[1] != 0:
                 others.append(data)
                 continue
-            count, pos = _get_varint(data, 2)
-            stores: list[tuple[bool, int, Counts]] = []
-            fast = count < _LIMIT[_UINT_RUNGS[2]]
-            for positive in (False, True):
-                n, pos = _get_varint(data, pos)
+            if data[2] < 0x80:  # one-byte varints are the rule: read them inline
+                count, pos = data[2], 3
+            else:
+                count, pos = _get_varint(data, 2)
+            fast = count < small
+            found: list[tuple[int, int, Counts]] = []
+            for positive in (0, 1):
+                if pos < size and data[pos] < 0x80:
+                    n, pos = data[pos], pos + 1
+                else:
+                    n, pos = _get_varint(data, pos)
                 if n == 0:
                     continue
                 if n > MAX_BUCKETS:
@@ -904,42 +911,48 @@ def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
                 key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
                 if lo < key_min or lo + n - 1 > key_max:
                     raise SketchDecodeError("bucket keys out of range")
-                if pos >= len(data) or data[pos] not in _WIDTHS:
+                width = data[pos] if pos < size else 0
+                if width not in _WIDTHS:
                     raise SketchDecodeError("bad count width")
-                width = data[pos]
                 pos += 1
-                if pos + width * n > len(data):
+                if pos + width * n > size:
                     raise SketchDecodeError("truncated counts")
-                fast = fast and width <= 4
-                stores.append((positive, lo, np.frombuffer(data, _WIDTHS[width], n, pos)))
+                if width > 4:
+                    fast = False
+                found.append((positive, lo, np.frombuffer(data, _WIDTHS[width], n, pos)))
                 pos += width * n
-            if pos != len(data):
-                raise SketchDecodeError(f"{len(data) - pos} trailing bytes")
+            if pos != size:
+                raise SketchDecodeError(f"{size - pos} trailing bytes")
             if not fast:
                 others.append(data)
                 continue
             zero += count
-            for positive, lo, counts in stores:
-                (pos_parts if positive else neg_parts).append((lo, counts))
+            for positive, lo, counts in found:
+                parts[positive].append((lo, counts))
     except SketchDecodeError:
         raise
     except Exception as exc:
         raise SketchDecodeError(f"malformed sketch: {exc!r}") from exc
+    combined = Sketch()
+    combined._dtype = _U64
+    combined._zero = zero
+    span = 0
+    for positive in (0, 1):
+        stores = parts[positive]
+        if not stores:
+            continue
+        lo = min(start for start, _ in stores)
+        hi = max(start + len(counts) for start, counts in stores)
+        total = np.zeros(hi - lo, dtype=_U64)
+        for start, counts in stores:
+            total[start - lo : start - lo + len(counts)] += counts
+        counts, lo = _trim(total, lo)
+        span = max(span, len(counts))
+        combined._set_store(bool(positive), counts, lo)
+    if span <= MAX_BUCKETS and not others:
+        return combined  # already a valid sketch (uint64 counts, within the bucket cap)
     out = Sketch()
-    if neg_parts or pos_parts or zero:
-        combined = Sketch()
-        combined._dtype = _U64
-        combined._zero = zero
-        for positive, parts in ((False, neg_parts), (True, pos_parts)):
-            if not parts:
-                continue
-            lo = min(start for start, _ in parts)
-            hi = max(start + len(counts) for start, counts in parts)
-            total = np.zeros(hi - lo, dtype=_U64)
-            for start, counts in parts:
-                total[start - lo : start - lo + len(counts)] += counts
-            combined._set_store(positive, *_trim(total, lo))
-        out.merge(combined)
+    out.merge(combined)
     for data in others:
         out.merge(Sketch.from_bytes(data))
     return out

@@ -13,7 +13,8 @@ from collectord.audit import METRICS_PURGED, audit
 from collectord.pipeline import Pipeline
 from collectord.redis.sink import purged as redis_purged
 from collectord.sinks.postgres.fleet import postgres_sink
-from collectord.sinks.postgres.purge import purge_memory, purge_stored
+from collectord.sinks.postgres.purge import purge_stored
+from collectord.storage.journal import JournalUnavailable
 
 
 class PurgeApi:
@@ -44,8 +45,10 @@ class PurgeApi:
                     deleted = await purge_stored(conn, principal.tenant, names, older_than)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                 raise ApiError(503, "postgres_unavailable", details={"reason": str(error)}) from error
-        self.pipeline.catch_up()
-        in_memory = purge_memory(self.pipeline.aggregator, principal.tenant, names, older_than)
+        try:
+            in_memory = self.pipeline.purge(principal.tenant, names, older_than)
+        except JournalUnavailable as error:
+            raise ApiError(503, "storage_unavailable", details={"reason": str(error)}) from error
         redis_purged(self.pipeline, principal.tenant)  # cached answers may hold what was deleted
         if sink is None:
             deleted = in_memory

@@ -30,7 +30,7 @@ from collectord.config import Config
 from collectord.model import MetricType, Sample
 from collectord.protocols.line import LineParser
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_PURGE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
 from collectord.storage.checkpoint import CheckpointError, CheckpointStore, capture, restore
 from collectord.storage.wal import WalError, WalPosition, WriteAheadLog
 
@@ -104,6 +104,8 @@ class Journal:
         self._on_advance: Callable[[Aggregator, list[FlushRecord]], None] | None = None
         # Told of every replayed batch (the pipeline's batch taps, with replaying=True).
         self.on_replayed: Callable[[Batch], None] | None = None
+        # Applies a logged purge (tenant, payload) to the aggregator being rebuilt.
+        self.on_purge: Callable[[Aggregator, str, bytes], None] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -209,6 +211,10 @@ class Journal:
                 view = aggregator.advance(record.received_at)
                 if self._on_advance is not None:
                     self._on_advance(aggregator, view)
+            if record.kind == PAYLOAD_PURGE:
+                if self.on_purge is not None:
+                    self.on_purge(aggregator, record.tenant, record.payload)
+                continue
             batch = Batch(record.tenant, samples, record.received_at, record.kind)
             aggregator.apply(batch)
             if self.on_replayed is not None:
@@ -271,13 +277,14 @@ class Journal:
             self._trouble(error)
             raise JournalUnavailable(str(error)) from error
 
-    def log_audit(self, tenant: str, received_at: float, payload: bytes) -> None:
-        """An audit event, in the log before its request is answered, or JournalUnavailable."""
+    def log_audit(self, tenant: str, received_at: float, payload: bytes, kind: int = PAYLOAD_AUDIT) -> None:
+        """An audit event (or a purge: `kind`), in the log before its request is answered, or
+        JournalUnavailable."""
         if not self.healthy and not self.retry():
             raise JournalUnavailable(self.last_error or "write-ahead log unavailable")
         if not self.wal.pending:
             self._oldest_pending = received_at
-        self.wal.append(PAYLOAD_AUDIT, tenant, received_at, payload)
+        self.wal.append(kind, tenant, received_at, payload)
         try:
             self.wal.commit()
         except WalError as error:

@@ -134,10 +134,12 @@ def _maximal(rows: list[Any], query: Query) -> list[Any]:
     return kept
 
 
-def cell_of_rows(rows: list[Any]) -> Cell:
-    """The merge of stored rows (in time order) as a cell; sketches merged from their bytes
-    in one pass."""
+def cell_of_rows(rows: list[Any], base: Cell | None = None) -> Cell:
+    """`base` (or nothing) merged with stored rows, in that order, as a new cell; the rows'
+    sketches are merged from their bytes in one pass."""
     cell = Cell()
+    if base is not None:
+        cell.merge(base)  # a copy: the memory cell is never modified
     sketches = []
     for row in rows:
         members = row["members"]
@@ -158,14 +160,22 @@ def cell_of_rows(rows: list[Any]) -> Cell:
         if row["sketch"] is not None:
             sketches.append(row["sketch"])
     if sketches:
-        cell.sketch = merge_encoded(sketches)
+        merged = merge_encoded(sketches)
+        if cell.sketch is None:
+            cell.sketch = merged
+        else:
+            cell.sketch.merge(merged)
     return cell
 
 
-async def stored_cells(
+StoredRows = dict[CellKey, tuple[MetricType, list[Any]]]
+
+
+async def stored_rows(
     conn: asyncpg.Connection, query: Query, source: str, now: float
-) -> tuple[dict[CellKey, tuple[MetricType, list[Cell]]], dict[CellKey, tuple[MetricType, list[Cell]]], set[str]]:
-    """(own source's cells, every other source's cells, the other sources seen)."""
+) -> tuple[StoredRows, StoredRows, set[str]]:
+    """Rows per (metric, group, period): (own source's, every other source's, the other
+    sources seen)."""
     seconds = GRANULARITY_SECONDS[query.granularity]
     scope = SCOPE_SERIES if query.tags or query.group_by else SCOPE_NAME
     plan = fetch_plan(query, now)
@@ -178,36 +188,37 @@ async def stored_cells(
     for branch in plan:
         args.extend(branch)
     rows = _maximal(await conn.fetch(FETCH[len(plan) - 1], *args), query)
-    rows.sort(key=lambda row: row["period_start"])
-    grouped: dict[tuple[bool, CellKey], list[Any]] = {}
+    if len(plan) > 1:
+        rows.sort(key=lambda row: row["period_start"])
+    own: StoredRows = {}
+    others: StoredRows = {}
     sources: set[str] = set()
     group_by = query.group_by
     for row in rows:
         values = tuple(str(row["tags"].get(k, "")) for k in group_by) if group_by else ()
         key = (row["metric_name"], values, int(row["period_start"]) // seconds * seconds)
-        mine = row["source"] == source
-        if not mine:
-            sources.add(row["source"])
-        held = grouped.get((mine, key))
-        if held is None:
-            grouped[(mine, key)] = [row]
+        if row["source"] == source:
+            target = own
         else:
-            held.append(row)
-    own: dict[CellKey, tuple[MetricType, list[Cell]]] = {}
-    others: dict[CellKey, tuple[MetricType, list[Cell]]] = {}
-    for (mine, key), members in grouped.items():
-        (own if mine else others)[key] = (MetricType(members[-1]["metric_type"]), [cell_of_rows(members)])
+            target = others
+            sources.add(row["source"])
+        held = target.get(key)
+        if held is None:
+            target[key] = (MetricType(row["metric_type"]), [row])
+        else:
+            held[1].append(row)
     return own, others, sources
 
 
 def merged_rows(
     query: Query,
     memory: dict[CellKey, tuple[MetricType, Cell]],
-    own: dict[CellKey, tuple[MetricType, list[Cell]]],
-    others: dict[CellKey, tuple[MetricType, list[Cell]]],
+    own: StoredRows,
+    others: StoredRows,
 ) -> tuple[list[dict[str, object]], int]:
     """Rows in run_query's order and shape; also how many periods of this source came from
-    PostgreSQL because memory no longer held them."""
+    PostgreSQL because memory no longer held them. Per key: memory (else this source's stored
+    rows), then the other sources' rows, merged in one pass."""
     seconds = GRANULARITY_SECONDS[query.granularity]
     order = {name: i for i, name in enumerate(dict.fromkeys(query.metrics))}
     keys = sorted({*memory, *own, *others}, key=lambda k: (order[k[0]], k[1], k[2]))
@@ -215,19 +226,19 @@ def merged_rows(
     rows: list[dict[str, object]] = []
     from_history = 0
     for key in keys:
-        parts: list[Cell] = []
+        base: Cell | None = None
+        stored: list[Any] = []
         metric_type: MetricType | None = None
         if key in memory:
-            metric_type, cell = memory[key]
-            parts.append(cell)
+            metric_type, base = memory[key]
         elif key in own:
-            metric_type, cells = own[key]
-            parts.extend(cells)
+            metric_type, stored = own[key]
+            stored = list(stored)
             from_history += 1
         if key in others:
             metric_type = metric_type or others[key][0]
-            parts.extend(others[key][1])
-        merged = merge_cells(parts) if len(parts) > 1 else (parts[0] if parts else None)
+            stored += others[key][1]
+        merged = cell_of_rows(stored, base) if stored else base
         if merged is None or merged.is_empty or metric_type is None:
             continue
         name, values, start = key
@@ -263,7 +274,7 @@ async def fleet_query(pipeline: Pipeline, query: Query) -> tuple[list[dict[str, 
     try:
         async with pool.acquire(timeout=sink.settings.query_timeout) as conn:
             own, others, seen = await asyncio.wait_for(
-                stored_cells(conn, query, sink.source, pipeline.clock.now()), sink.settings.query_timeout
+                stored_rows(conn, query, sink.source, pipeline.clock.now()), sink.settings.query_timeout
             )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
         log.warning("fleet query answered from memory only", extra={"error": str(error)})
