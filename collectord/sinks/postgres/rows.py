@@ -89,28 +89,32 @@ class AggregateRows:
 
     def __init__(self, source: str) -> None:
         self.source = copy.text(source)
-        self._prefixes: dict[tuple[str, str, Tags | None, MetricType], bytes] = {}
+        # (tenant, name, tags) -> (type, prefix). Keyed without the type: an enum hashes in
+        # Python, which cost more than the rest of the row; the type is compared by identity.
+        self._prefixes: dict[tuple[str, str, Tags | None], tuple[MetricType, bytes]] = {}
 
     def prefix(self, tenant: str, name: str, tags: Tags | None, metric_type: MetricType) -> bytes:
         """Every field before the granularity; tags None = the metric's name-level row."""
-        key = (tenant, name, tags, metric_type)
+        key = (tenant, name, tags)
         held = self._prefixes.get(key)
-        if held is None:
-            if len(self._prefixes) > CACHE_LIMIT:
-                self._prefixes.clear()
-            held = self._prefixes[key] = b"".join(
-                (
-                    _AGGREGATE_FIELDS,
-                    copy.text(tenant),
-                    self.source,
-                    copy.text(name),
-                    copy.text(metric_type.value),
-                    copy.int2(SCOPE_NAME if tags is None else SCOPE_SERIES),
-                    copy.jsonb(b"{}" if tags is None else msgspec.json.encode(dict(tags))),
-                    copy.raw_bytes(series_hash(tags)),
-                )
+        if held is not None and held[0] is metric_type:
+            return held[1]
+        if len(self._prefixes) > CACHE_LIMIT:
+            self._prefixes.clear()
+        prefix = b"".join(
+            (
+                _AGGREGATE_FIELDS,
+                copy.text(tenant),
+                self.source,
+                copy.text(name),
+                copy.text(metric_type.value),
+                copy.int2(SCOPE_NAME if tags is None else SCOPE_SERIES),
+                copy.jsonb(b"{}" if tags is None else msgspec.json.encode(dict(tags))),
+                copy.raw_bytes(series_hash(tags)),
             )
-        return held
+        )
+        self._prefixes[key] = (metric_type, prefix)
+        return prefix
 
     @staticmethod
     def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell) -> bytes:

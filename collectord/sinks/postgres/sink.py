@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,8 @@ COARSE_LEVELS = (2, 3, 4)
 # Closed coarse windows written per pass at most: an hour or a day closing spreads over a few
 # flushes instead of making one flush four times as large.
 COARSE_PER_PASS = 50_000
+# Aggregate rows per COPY + upsert (the next batch is encoded while one is upserted).
+ROWS_PER_BATCH = 20_000
 # Raw rows per COPY (whole batches; at least one).
 RAW_ROWS_PER_COPY = 200_000
 AUDIT_CHUNK = 5000
@@ -440,19 +442,7 @@ class PostgresSink:
         try:
             await self._tenants(conn, {key[0] for key in taken} | self.restored_tenants)
             self.restored_tenants = set()
-            async with conn.transaction():
-                await conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
-                    "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                await conn.copy_to_table(
-                    "agg_stage",
-                    source=plan.chunks(),
-                    columns=AGGREGATE_COLUMNS,
-                    format="binary",
-                    timeout=self.settings.write_timeout,
-                )
-                await conn.execute(UPSERT)
+            await self._copy_and_upsert(conn, plan)
         except BaseException:
             for key, when in taken.items():
                 _lower(self.fine, key, when)
@@ -464,6 +454,44 @@ class PostgresSink:
         self.last_flush_seconds = time.perf_counter() - began
         self.last_flush_rows = plan.rows
         self.status_.written += plan.rows
+
+    async def _copy_and_upsert(self, conn: asyncpg.Connection, plan: AggregatePlan) -> None:
+        """In one transaction, each batch the plan encodes is copied into the staging table and
+        upserted; the next batch is encoded while PostgreSQL works on the previous one."""
+        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for batch in plan.batches():
+                    ready.put_nowait(batch)
+                    while ready.qsize() >= 2:  # at most two batches ahead of PostgreSQL
+                        await asyncio.sleep(0.005)
+            finally:
+                ready.put_nowait(None)  # the end, or the producer's failure: the consumer stops
+
+        async with conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
+                "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            producer = asyncio.create_task(produce())
+            try:
+                while (batch := await ready.get()) is not None:
+                    await conn.copy_to_table(
+                        "agg_stage",
+                        source=memoryview(batch),  # bytes would be taken for a path
+                        columns=AGGREGATE_COLUMNS,
+                        format="binary",
+                        timeout=self.settings.write_timeout,
+                    )
+                    await conn.execute(UPSERT)
+                    await conn.execute("TRUNCATE agg_stage")
+                await producer  # its error, if it failed
+            finally:
+                if not producer.done():
+                    producer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await producer
 
     async def drain(self) -> None:
         if self.pool is None or self.disabled_reason:
@@ -552,47 +580,53 @@ class AggregatePlan:
                 out += row(prefix, level, start, seconds, cell)
                 self.rows += 1
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncIterator[bytes]:
+        """Complete binary COPY payloads of about ROWS_PER_BATCH rows each."""
         sink = self.sink
         slicer = _Slicer()
         out = bytearray(copy.HEADER)
+        batch_start = 0
         until = self.until
         last = max(until - 1, 0)
         coarse = sink.coarse
         minute = self.aggregator.level_seconds[1]
-        for key, earliest in self.taken.items():
-            self._windows(key, 1, int(earliest // minute) * minute, last + 1, out)
-            for held in coarse.values():
-                _lower(held, key, earliest)
-            if slicer.due() or len(out) >= copy.COPY_CHUNK_BYTES:
-                yield bytes(out)
-                out.clear()
-                if slicer.due():
-                    sink._slice_took(slicer)
-                    await slicer.pause()
-        budget = COARSE_PER_PASS
-        for level, held in coarse.items():
-            seconds = self.aggregator.level_seconds[level]
-            boundary = until - until % seconds  # the open window's start
-            if not held or min(held.values()) >= boundary:
-                continue
-            for key, earliest in list(held.items()):
-                if budget <= 0:
-                    break
-                first = int(earliest // seconds) * seconds
-                if first >= boundary:
+
+        def work() -> Iterator[None]:
+            """Encodes one key's windows per step."""
+            for key, earliest in self.taken.items():
+                self._windows(key, 1, int(earliest // minute) * minute, last + 1, out)
+                for held in coarse.values():
+                    _lower(held, key, earliest)
+                yield
+            budget = COARSE_PER_PASS
+            for level, held in coarse.items():
+                seconds = self.aggregator.level_seconds[level]
+                boundary = until - until % seconds  # the open window's start
+                if not held or min(held.values()) >= boundary:
                     continue
-                budget -= (boundary - first) // seconds
-                self._windows(key, level, first, boundary, out)
-                self.settled.append((level, key, boundary))
-                if slicer.due() or len(out) >= copy.COPY_CHUNK_BYTES:
-                    yield bytes(out)
-                    out.clear()
-                    if slicer.due():
-                        sink._slice_took(slicer)
-                        await slicer.pause()
-        out += copy.TRAILER
-        yield bytes(out)
+                for key, earliest in list(held.items()):
+                    if budget <= 0:
+                        return
+                    first = int(earliest // seconds) * seconds
+                    if first >= boundary:
+                        continue
+                    budget -= (boundary - first) // seconds
+                    self._windows(key, level, first, boundary, out)
+                    self.settled.append((level, key, boundary))
+                    yield
+
+        for _ in work():
+            if self.rows - batch_start >= ROWS_PER_BATCH:
+                out += copy.TRAILER
+                yield bytes(out)
+                out[:] = copy.HEADER
+                batch_start = self.rows
+            if slicer.due():
+                sink._slice_took(slicer)
+                await slicer.pause()
+        if self.rows > batch_start:
+            out += copy.TRAILER
+            yield bytes(out)
 
     def committed(self) -> None:
         """The written coarse windows are final: each key stays owed from its open window if
