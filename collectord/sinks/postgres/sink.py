@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -49,7 +50,7 @@ from collectord.sinks.postgres.rows import AGGREGATE_COLUMNS, RAW_COLUMNS, Aggre
 from collectord.storage.journal import decode_samples, encode_samples
 
 if TYPE_CHECKING:
-    from collectord.aggregation.aggregator import Aggregator
+    from collectord.aggregation.aggregator import Aggregator, FlushRecord
     from collectord.pipeline import Pipeline
 
 log = logging.getLogger("collectord.sinks.postgres")
@@ -67,6 +68,8 @@ ROWS_PER_BATCH = 20_000
 # Raw rows per COPY (whole batches; at least one).
 RAW_ROWS_PER_COPY = 200_000
 AUDIT_CHUNK = 5000
+# Flush records turned into dirty keys between checks of the time slice.
+ABSORB_STEP = 5000
 # Encoding runs at most this long before the event loop gets control back.
 BUILD_SLICE = 0.005
 # Without a flush, the writer still wakes this often (raw points, audit events, retries).
@@ -92,6 +95,31 @@ def _lower(held: dict[DirtyKey, float], key: DirtyKey, when: float) -> None:
     old = held.get(key)
     if old is None or when < old:
         held[key] = when
+
+
+def _absorb(
+    fine: dict[DirtyKey, float], view: list[FlushRecord], touched: dict[Series, float], lo: int, hi: int
+) -> int:
+    """Mark the series of view[lo:hi] (and their metrics) and every touched series dirty in
+    `fine`; returns where it stopped."""
+    names: dict[tuple[str, str], float] = {}
+    for series, start, cell in itertools.islice(view, lo, hi):
+        if cell.count == 0 and not cell.members:
+            continue  # an idle gauge re-emitted: its windows did not change
+        key = (series.tenant, series.name, series.tags)
+        held = fine.get(key)
+        if held is None or start < held:
+            fine[key] = start
+        metric = (series.tenant, series.name)
+        held = names.get(metric)
+        if held is None or start < held:
+            names[metric] = start
+    for series, when in touched.items():
+        _lower(fine, (series.tenant, series.name, series.tags), when)
+        _lower(fine, (series.tenant, series.name, None), when)
+    for (tenant, name), when in names.items():
+        _lower(fine, (tenant, name, None), when)
+    return min(hi, len(view))
 
 
 class _Slicer:
@@ -120,6 +148,8 @@ class PostgresSink:
         self.pool: asyncpg.Pool | None = None
         self.disabled_reason: str | None = None
         self.fine: dict[DirtyKey, float] = {}
+        # Flushes offered and not yet turned into dirty keys: (view, touched).
+        self.offers: deque[tuple[list[FlushRecord], dict[Series, float]]] = deque()
         self.coarse: dict[int, dict[DirtyKey, float]] = {level: {} for level in COARSE_LEVELS}
         # The series of keys with coarse windows owed: a series idle past its expiry leaves
         # the aggregator's table, but its windows must still be written once closed.
@@ -152,29 +182,35 @@ class PostgresSink:
     # ------------------------------------------------------------------ offers (event loop, cheap)
 
     def on_flush(self, flush: Flush) -> None:
-        fine = self.fine
-        names: dict[tuple[str, str], float] = {}
-        for series, start, cell in flush.view:
-            if cell.count == 0 and not cell.members:
-                continue  # an idle gauge re-emitted: its windows did not change
-            key = (series.tenant, series.name, series.tags)
-            held = fine.get(key)
-            if held is None or start < held:
-                fine[key] = start
-            metric = (series.tenant, series.name)
-            held = names.get(metric)
-            if held is None or start < held:
-                names[metric] = start
-        for series, when in flush.touched.items():
-            _lower(fine, (series.tenant, series.name, series.tags), when)
-            _lower(fine, (series.tenant, series.name, None), when)
-        for (tenant, name), when in names.items():
-            _lower(fine, (tenant, name, None), when)
+        """Keep the flush for the writer, which turns it into dirty keys in slices (a flush of
+        100,000 series is 100,000 records); during replay at once (nothing else runs)."""
+        if flush.replaying:
+            _absorb(self.fine, flush.view, flush.touched, 0, len(flush.view))
+        else:
+            self.offers.append((flush.view, flush.touched))
         self.offered_until = max(self.offered_until, flush.closed_until)
         if not self.written_until:
             self.written_until = flush.closed_until
-        if fine:
-            self.wake.set()
+        self.wake.set()
+
+    async def _absorb(self) -> None:
+        """Turn every kept flush into dirty keys, in slices; returns once none is left (with
+        no await after the last one, so the caller sees every offer up to offered_until)."""
+        slicer = _Slicer()
+        while self.offers:
+            view, touched = self.offers[0]
+            done = 0
+            while done < len(view):
+                done = _absorb(self.fine, view, touched if done == 0 else {}, done, done + ABSORB_STEP)
+                if slicer.due():
+                    self._slice_took(slicer)
+                    self.offers[0] = (view[done:], {})
+                    await slicer.pause()
+                    break
+            else:
+                if not view:
+                    _absorb(self.fine, view, touched, 0, 0)
+                self.offers.popleft()
 
     def on_batch(self, batch: Batch, replaying: bool) -> None:
         if batch.kind == PAYLOAD_AUDIT:
@@ -211,6 +247,8 @@ class PostgresSink:
 
     def state(self) -> Any:
         fine = dict(self.fine)
+        for view, touched in self.offers:
+            _absorb(fine, view, touched, 0, len(view))
         for key, when in self.inflight.items():
             _lower(fine, key, when)
         return {
@@ -271,6 +309,7 @@ class PostgresSink:
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                 self._failed(error)
+                await self._absorb()  # flushes kept meanwhile become keys (bounded by the series)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             with contextlib.suppress(TimeoutError):
@@ -312,6 +351,7 @@ class PostgresSink:
     async def write_pending(self) -> None:
         """One pass: raw points, audit events, then the dirty and due windows."""
         assert self.pool is not None
+        await self._absorb()
         async with self.pool.acquire(timeout=self.settings.connect_timeout) as conn:
             if self.redo_from is not None:
                 await self._redo(conn, self.redo_from)
@@ -320,6 +360,7 @@ class PostgresSink:
                 await self._write_raw(conn)
             while self.audit:
                 await self._write_audit(conn)
+            await self._absorb()
             if self.fine or self._coarse_due(self.offered_until):
                 await self._write_aggregates(conn)
             else:
@@ -507,7 +548,7 @@ class PostgresSink:
 
     def status(self) -> SinkStatus:
         status = self.status_
-        status.queued = len(self.fine) + len(self.inflight) + len(self.raw) + len(self.audit)
+        status.queued = len(self.fine) + len(self.inflight) + len(self.offers) + len(self.raw) + len(self.audit)
         behind = self.offered_until - self.written_until if status.queued else 0
         status.lag_seconds = float(max(behind, 0))
         status.extra.update(

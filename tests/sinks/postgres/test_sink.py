@@ -293,3 +293,25 @@ def test_a_large_flush_leaves_the_event_loop_free(tmp_path: Path, pg_dsn: str, m
     assert max(gaps) < took / 4, (max(gaps), took)
     rows = query(pg_dsn, "SELECT granularity, count(*) AS n FROM metrics_aggregated WHERE scope = 0 GROUP BY 1")
     assert {r["granularity"]: r["n"] for r in rows} == {"1m": series, "5m": series, "1h": series}
+
+
+def test_checkpointed_state_keeps_keys_in_flight_and_flushes_not_yet_absorbed(tmp_path: Path, pg_dsn: str) -> None:
+    """A checkpoint taken while a pass is being written (its keys taken from the dirty set),
+    or before the writer turned an offered flush into keys, must still owe those windows: a
+    kill -9 then restarts from that checkpoint and the log after it only."""
+    clock = ManualClock(DAY_START)
+    pipeline, sink = new_pipeline(tmp_path, pg_dsn, clock)
+    record(pipeline, [(("m", (("k", "v"),)), KIND_COUNTER, 1.0, 1.0, None)])
+    clock.advance(10)
+    pipeline.advance()  # offered, not absorbed (no writer ran)
+    assert sink.offers and not sink.fine
+    sink.inflight = {("acme", "other", None): DAY_START - 60}
+    state = sink.state()
+    _, restored = new_pipeline(tmp_path / "other", pg_dsn, clock)
+    restored.restore(state)
+    assert restored.fine == {
+        ("acme", "m", (("k", "v"),)): DAY_START,
+        ("acme", "m", None): DAY_START,
+        ("acme", "other", None): DAY_START - 60,
+    }
+    assert restored.coarse[2] == {}
