@@ -399,51 +399,55 @@ class PostgresSink:
                 self.known_days.add(day)
                 day += timedelta(days=1)
 
-    async def _chunks(self, parts: list[bytearray]) -> AsyncIterator[bytes]:
-        """Encoded parts to the connection, the loop running between them."""
-        yield copy.HEADER
-        for part in parts:
-            yield bytes(part)
-            await asyncio.sleep(0)
-        yield copy.TRAILER
-
     async def _write_raw(self, conn: asyncpg.Connection) -> None:
+        """One COPY of up to RAW_ROWS_PER_COPY rows; rows are encoded while PostgreSQL takes
+        the previous chunks. The days they fall on are found first (partitions must exist)."""
         batches: list[Batch] = []
-        parts: list[bytearray] = [bytearray()]
         rows = 0
         low, high = math.inf, -math.inf
         slicer = _Slicer()
-        encode = self.raw_rows.encode
         # A snapshot: batches are appended while the loop runs between slices.
         for batch in list(self.raw):
             if rows >= RAW_ROWS_PER_COPY:
                 break
             batches.append(batch)
-            taken, first, last = encode(batch.tenant, batch.received_at, batch.samples, parts[-1])
-            if taken:
-                rows += taken
-                low, high = min(low, first), max(high, last)
-            if len(parts[-1]) >= copy.COPY_CHUNK_BYTES:
-                parts.append(bytearray())
+            rows += len(batch.samples)
+            stamped = [ts for *_, ts in batch.samples if ts is not None]
+            low = min(low, batch.received_at, *stamped)
+            high = max(high, batch.received_at, *stamped)
             if slicer.due():
                 self._slice_took(slicer)
                 await slicer.pause()
+        written = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal written
+            out = bytearray(copy.HEADER)
+            encode = self.raw_rows.encode
+            slicer = _Slicer()
+            for batch in batches:
+                written += encode(batch.tenant, batch.received_at, batch.samples, out)[0]
+                if len(out) >= copy.COPY_CHUNK_BYTES or slicer.due():
+                    yield bytes(out)
+                    out.clear()
+                    if slicer.due():
+                        self._slice_took(slicer)
+                        await slicer.pause()
+            out += copy.TRAILER
+            yield bytes(out)
+
         if rows:
             await self._tenants(conn, {b.tenant for b in batches})
             await self._partitions(conn, low, high)
             await conn.copy_to_table(
-                "metrics",
-                source=self._chunks(parts),
-                columns=RAW_COLUMNS,
-                format="binary",
-                timeout=self.settings.write_timeout,
+                "metrics", source=chunks(), columns=RAW_COLUMNS, format="binary", timeout=self.settings.write_timeout
             )
         taken_ids = {id(b) for b in batches}
         while self.raw and id(self.raw[0]) in taken_ids:
             self.raw.popleft()
         self.raw_hwm = max(self.raw_hwm, batches[-1].received_at)
-        self.status_.written += rows
-        self.status_.extra["rawRowsWritten"] = self.status_.extra.get("rawRowsWritten", 0) + rows
+        self.status_.written += written
+        self.status_.extra["rawRowsWritten"] = self.status_.extra.get("rawRowsWritten", 0) + written
 
     def _slice_took(self, slicer: _Slicer) -> None:
         took = time.perf_counter() - slicer.began
