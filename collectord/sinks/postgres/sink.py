@@ -308,12 +308,18 @@ class PostgresSink:
                 self._disable(str(error))
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from error  # a cleanup error hid the cancel
                 self._failed(error)
                 await self._absorb()  # flushes kept meanwhile become keys (bounded by the series)
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when the
+            # wake-up and a cancel (the daemon stopping) land together, and the cancel is lost.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), IDLE_WAKE)
+                async with asyncio.timeout(IDLE_WAKE):
+                    await self.wake.wait()
             self.wake.clear()
 
     def _disable(self, reason: str) -> None:
