@@ -875,7 +875,8 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
 
 def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
     """The merge of many `to_bytes` encodings: the same buckets as decoding each and merging
-    them, checked as strictly (SketchDecodeError). Encodings with integer counts of unit
+    them (up to float rounding when unrelated fractional weights made counts floats), checked
+    as strictly (SketchDecodeError). Encodings with integer counts of unit
     weight below 2**32 (what sketches of plain samples are) are summed straight from their
     bytes into one array per sign, without a Sketch each; the rest are decoded one by one.
     A fleet query merges thousands of stored sketches."""

@@ -3,6 +3,8 @@ buckets decoding and merging them one by one gives, and refuse what from_bytes r
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,8 +32,13 @@ def test_same_buckets_as_decoding_and_merging(blobs: list[bytes]) -> None:
     for blob in blobs:
         expected.merge(Sketch.from_bytes(blob))
     merged = merge_encoded(blobs)
-    assert merged == expected
-    assert merged.quantiles((0.5, 0.99)) == expected.quantiles((0.5, 0.99))
+    if all(not blob[1] & 1 for blob in blobs):  # integer counts: exactly the same buckets
+        assert merged == expected
+        assert merged.quantiles((0.5, 0.99)) == expected.quantiles((0.5, 0.99))
+    else:  # float counts add in another order: equal up to rounding
+        assert math.isclose(merged.count, expected.count, rel_tol=1e-12)
+        for got, want in zip(merged.quantiles((0.5, 0.99)), expected.quantiles((0.5, 0.99)), strict=True):
+            assert got is not None and want is not None and math.isclose(got, want, rel_tol=1e-9)
 
 
 def test_memoryviews_and_empty_input() -> None:
