@@ -39,17 +39,23 @@ CellKey = tuple[str, tuple[str, ...], int]
 # windows that ended less than this long ago, the finer rows inside them are read as well and
 # stand in for a coarse row not written yet.
 OPEN_MARGIN = 1800.0
-SELECT = (
+COLUMNS = (
     "SELECT source, metric_name, granularity, series_hash, tags, metric_type, period_start, "
     "count, sum, min, max, last, sketch, members FROM metrics_aggregated "
     "WHERE tenant_id = $1 AND metric_name = ANY($2::text[]) AND scope = $3 "
-    "AND ($4::jsonb IS NULL OR tags @> $4::jsonb) "
 )
-# One branch per granularity read, each over its own period range (the primary key serves
-# each): {granularity, from, to} as parameters $5.., never text.
+# The query's own granularity: a tag filter goes through the GIN index on tags.
+TAGGED = "AND ($4::jsonb IS NULL OR tags @> $4::jsonb) "
+# Finer granularities read only recent windows: the primary key's range is far narrower than
+# every row holding the tags (at every granularity and period), so the filter is written in a
+# form the GIN index cannot serve and the planner takes the range.
+TAGGED_RECENT = "AND ($4::jsonb IS NULL OR (tags || '{}'::jsonb) @> $4::jsonb) "
+# One branch per granularity read, each over its own period range: {granularity, from, to} as
+# parameters $5.., never text.
 FETCH = [
     " UNION ALL ".join(
-        f"({SELECT}AND granularity = ${5 + 3 * i} AND period_start >= ${6 + 3 * i} AND period_start < ${7 + 3 * i})"
+        f"({COLUMNS}{TAGGED if i == 0 else TAGGED_RECENT}AND granularity = ${5 + 3 * i} "
+        f"AND period_start >= ${6 + 3 * i} AND period_start < ${7 + 3 * i})"
         for i in range(branches)
     )
     for branches in range(1, 5)

@@ -238,8 +238,8 @@ def test_fleet_answers_match_the_writer_memory_while_coarse_windows_are_open(
                 continue
             now = clock.now()
             for granularity in ("1m", "5m", "1h", "1d"):
-                for group_by in ([], ["host"]):
-                    query = Query("acme", ["q.lat"], now - 7200, now, granularity, "P99", group_by=group_by)
+                for group_by, tags in (([], []), (["host"], []), ([], [("host", "h1")])):
+                    query = Query("acme", ["q.lat"], now - 7200, now, granularity, "P99", tags=tags, group_by=group_by)
                     rows, meta = await fleet_query(reader, query)
                     assert meta["sources"] == ["host-a", "host-b"]
                     compare(rows, run_query(writer.aggregator, query))
