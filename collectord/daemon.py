@@ -15,8 +15,10 @@ from collectord.api.app import build_app
 from collectord.clock import Clock, SystemClock
 from collectord.config import Config, split_host_port
 from collectord.logs import setup_logging
+from collectord.notify import Heartbeat, Notifier, StatusLine, watchdog_interval
 from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
+from collectord.reload import Reloader
 from collectord.ring import PAYLOAD_LINE, PAYLOAD_STATSD
 from collectord.sources.tcp import TcpSettings, TcpSource
 from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
@@ -28,7 +30,7 @@ REJECTION_LOG_EVERY = 10.0
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None, config_path: str | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.pipeline = Pipeline(config, self.clock)
@@ -38,6 +40,10 @@ class Daemon:
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._logged_rejections: dict[str, int] = {}
+        # Operations (collectord/notify.py, collectord/reload.py): systemd notify, SIGHUP.
+        self.notifier = Notifier.from_environ()
+        self.status_line = StatusLine(self.pipeline)
+        self.reloader = Reloader(self, config_path)
 
     def kernel_drops(self) -> dict[str, int | None]:
         return {source.name: source.kernel_drops() for source in self.datagram_sources}
@@ -141,6 +147,7 @@ class Daemon:
                     log.warning(
                         "rejected lines",
                         extra={
+                            "key": f"rejected:{key}",
                             "protocol": protocol,
                             "reason": reason,
                             "count": new,
@@ -174,17 +181,27 @@ class Daemon:
             os._exit(1)
         self.stopping.set()
 
+    def healthy(self) -> bool:
+        """The watchdog's test: the consumer and timer tasks are still running."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     async def serve_until_signalled(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._signalled)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
         try:
             await self.start()
         except OSError as error:
             log.error("cannot start", extra={"error": str(error)})
             await self.stop()
             return 1
+        self.notifier.ready(self.status_line())
+        self.reloader.started.set()
+        heartbeat = Heartbeat(self.notifier, self.status_line, self.healthy, watchdog_interval())
+        self._tasks.append(loop.create_task(heartbeat.run()))
         await self.stopping.wait()
+        self.notifier.stopping()
         log.info("stopping")
         try:
             await asyncio.wait_for(self.stop(), timeout=self.config.storage.stop_timeout)
@@ -194,7 +211,8 @@ class Daemon:
         return 0
 
 
-def run(config: Config) -> int:
-    """Run the daemon in the foreground until SIGTERM or SIGINT; returns the exit code."""
+def run(config: Config, config_path: str | None = None) -> int:
+    """Run the daemon in the foreground until SIGTERM or SIGINT (SIGHUP reloads `config_path`);
+    returns the exit code."""
     setup_logging(config.log.level, config.log.format)
-    return uvloop.run(Daemon(config).serve_until_signalled())
+    return uvloop.run(Daemon(config, config_path=config_path).serve_until_signalled())

@@ -8,6 +8,7 @@ parsed); `advance` closes periods on the clock and returns the flush view.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator, FlushRecord
@@ -19,6 +20,7 @@ from collectord.protocols.line import LineParser
 from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
 from collectord.ring import Batch, Ring
+from collectord.selfmetrics import SelfMetrics
 from collectord.storage.journal import Journal
 
 
@@ -69,6 +71,10 @@ class Pipeline:
         self.aggregator = self.new_aggregator()
         self.sources: dict[str, SourceCounters] = {}
         self.flush = FlushStats()
+        self.self_metrics = SelfMetrics()
+        # Called with (old, new) Config after a SIGHUP reload applied `new`; may be async.
+        # Sinks and APIs register here to pick up their settings (collectord/reload.py).
+        self.reload_hooks: list[Callable[[Config, Config], object]] = []
 
     def new_aggregator(self) -> Aggregator:
         return Aggregator(self.config.limits, aggregation_settings(self.config), self.clock.now())
@@ -126,4 +132,5 @@ class Pipeline:
             flush.last_records = len(view)
             flush.last_duration_s = took
             flush.total_duration_s += took
+            self.self_metrics.flush_durations.observe(took)
         return view

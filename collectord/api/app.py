@@ -6,6 +6,7 @@ from aiohttp import web
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import error_middleware
+from collectord.api.http_metrics import http_metrics_middleware
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
 from collectord.api.write_api import WriteApi
@@ -15,9 +16,11 @@ MAX_BODY = 4 * 1024 * 1024
 
 
 def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Application, StatsApi]:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    middlewares = [http_metrics_middleware(pipeline.self_metrics.http), error_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app["max_body"] = MAX_BODY
     auth = Authenticator(pipeline.config)
+    pipeline.reload_hooks.append(auth.reload)
     stats = StatsApi(pipeline, kernel_drops)
     app.add_routes(stats.routes())
     app.add_routes(QueryApi(pipeline, auth).routes())

@@ -36,6 +36,11 @@ class Authenticator:
         self.default = Principal(config.ingest.tenant, "admin")
         self.tokens = {token.sha256.lower(): Principal(token.tenant, token.role) for token in config.auth.tokens}
 
+    def reload(self, old: Config, new: Config) -> None:
+        """A reload hook: the next request is checked against the new tokens."""
+        fresh = Authenticator(new)
+        self.default, self.tokens = fresh.default, fresh.tokens
+
     def principal(self, request: web.Request) -> Principal:
         if not self.tokens:
             return self.default
