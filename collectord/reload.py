@@ -179,8 +179,6 @@ class Reloader:
         if any(key.startswith("aggregate.") for key in changed):
             interval = pipeline.aggregator.settings.flush_interval
             pipeline.aggregator.settings = dataclasses.replace(aggregation_settings(new), flush_interval=interval)
-        if running.log != new.log:
-            setup_logging(new.log.level, new.log.format)
         daemon.config = pipeline.config = new
         for hook in list(pipeline.reload_hooks):
             try:
@@ -197,6 +195,9 @@ class Reloader:
             log.warning("config reloaded; some changes wait for a restart", extra=fields)
         else:
             log.info("config reloaded", extra=fields)
+        # Last, so the line above still goes out under the settings the reload began with.
+        if running.log != new.log:
+            setup_logging(new.log.level, new.log.format)
         return True
 
     # ------------------------------------------------------------------ listeners
