@@ -30,7 +30,7 @@ _AUTH_HEADER = re.compile(
 _BEARER = re.compile(r"(?i)(?P<head>\b(?:bearer|token)\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEY_VALUE = re.compile(
     r"(?i)(?P<head>\b(?:password|passwd|pwd|sslpassword|token|secret|api_?key|access_token)"
-    r"[\"']?\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&,;\"']+)"
+    r"[\"']?\s*[=:]\s*)(?:'[^']+'|\"[^\"]+\"|[^\s&,;\"']+)"
 )
 
 

@@ -32,6 +32,7 @@ REDACT = [
     ("http://127.0.0.1:8127/api/v1/query", "http://127.0.0.1:8127/api/v1/query"),
     ("listening on 127.0.0.1:8125", "listening on 127.0.0.1:8125"),
     ("tokens reloaded: 3", "tokens reloaded: 3"),
+    ('token = ""', 'token = ""'),
     # A tag named token in a rejected line's example may well hold one: it is hidden too.
     ("bad line api.requests:1|c|#token:x", "bad line api.requests:1|c|#token:***"),
 ]
