@@ -371,6 +371,14 @@ class Storage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "(nothing accepted is lost: it is in the log).",
         ),
     ] = 30.0
+    sink_drain_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="Part of a clean stop spent letting sinks write what they hold; what is left "
+            "is written after the next start (sinks resume from their checkpointed high-water mark).",
+        ),
+    ] = 10.0
 
     def resolve_data_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """The directory to use: `data_dir`, else systemd's, else the XDG state directory."""
@@ -433,6 +441,35 @@ class Influx(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token: Annotated[Secret, Meta(description="API token; pass it as COLLECTORD_INFLUX_TOKEN.")] = ""
     org: Annotated[str, Meta(description="Organization; required when url is set.")] = ""
     bucket: Annotated[str, Meta(description="Bucket; required when url is set.")] = ""
+    precision: Annotated[
+        Literal["s", "ms", "us", "ns"],
+        Meta(description="Timestamp precision of the points written (each point is stamped with its slice's start)."),
+    ] = "s"
+    batch_size: Annotated[
+        int,
+        Meta(ge=1, le=1_000_000, description="Lines (points) per write request, gzip-compressed."),
+    ] = 5000
+    timeout: Annotated[Duration, Meta(gt=0, description="Time allowed for one write request.")] = 10.0
+    spool_max_bytes: Annotated[
+        Size,
+        Meta(
+            ge=1 << 16,
+            description="Disk the spool of unsent flushes may use (data_dir/spool/influx); when a "
+            "new flush would pass it, the oldest unsent flushes are dropped, logged and counted.",
+        ),
+    ] = 256 << 20
+    retry_max: Annotated[
+        Duration,
+        Meta(gt=0, description="Longest wait between retries while the server is away or failing (5xx, 429)."),
+    ] = 30.0
+    auth_retry: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="Wait between retries after 401, 403 or 404 (token, org or bucket wrong): "
+            "the spool is kept until the server accepts it.",
+        ),
+    ] = 60.0
 
 
 class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -465,6 +502,14 @@ class Token(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Literal["writer", "reader", "admin"],
         Meta(description="writer records, reader queries and streams, admin does both and deletes."),
     ]
+    write_rate: Annotated[
+        float,
+        Meta(ge=0, description="This token's write requests per second (token bucket); 0 = auth.write_rate."),
+    ] = 0.0
+    write_burst: Annotated[
+        int,
+        Meta(ge=0, description="This token's bucket size (writes allowed at once); 0 = auth.write_burst."),
+    ] = 0
 
     def __post_init__(self) -> None:
         # Stored lower-case so a lookup by hashlib's hexdigest() always matches.
@@ -483,6 +528,45 @@ class Auth(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"type": "array of tables"},
         ),
     ] = msgspec.field(default_factory=list)
+    write_rate: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Write requests per second each token may make (record, batch and line "
+            "protocol endpoints; a token bucket); beyond it a 429 with Retry-After. 0 = unlimited. "
+            "With no tokens configured it applies to all writes together.",
+        ),
+    ] = 0.0
+    write_burst: Annotated[
+        int,
+        Meta(ge=0, description="Writes a token may make at once before write_rate applies; 0 = one second's worth."),
+    ] = 0
+
+
+class Streams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Live streams (SSE and WebSocket) of samples as they arrive."""
+
+    queue_size: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1_000_000,
+            description="Events held per stream client; when a slow client lets it overflow, the "
+            "oldest are dropped and a `dropped` event says how many.",
+        ),
+    ] = 1000
+    max_per_tenant: Annotated[
+        int,
+        Meta(ge=1, le=100_000, description="Streams one tenant may hold open at once; beyond it a new one is a 429."),
+    ] = 100
+    heartbeat_interval: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            le=300,
+            description="A quiet stream sends a heartbeat this often, so clients and proxies see it is alive.",
+        ),
+    ] = 5.0
 
 
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -505,6 +589,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     influx: Influx = msgspec.field(default_factory=Influx)
     redis: Redis = msgspec.field(default_factory=Redis)
     auth: Auth = msgspec.field(default_factory=Auth)
+    streams: Streams = msgspec.field(default_factory=Streams)
     log: Log = msgspec.field(default_factory=Log)
 
 
@@ -1046,6 +1131,8 @@ def _example(field: msgspec.structs.FieldInfo) -> str:
     """A plausible value, as TOML, for a commented-out example key."""
     if field.name == "sha256":
         return '"<hex sha256 of the token>"'
+    if field.default is not msgspec.NODEFAULT:
+        return _toml_value(field.type, field.default)
     bare = _unwrap(field.type)[0]
     value = get_args(bare)[0] if get_origin(bare) is Literal else DEFAULT_TENANT
     return _toml_value(field.type, value)

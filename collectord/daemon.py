@@ -20,6 +20,7 @@ from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
 from collectord.reload import Reloader
 from collectord.ring import PAYLOAD_LINE, PAYLOAD_STATSD
+from collectord.sinks.factory import build_sinks
 from collectord.sources.tcp import TcpSettings, TcpSource
 from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
 
@@ -39,6 +40,7 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sink_tasks: list[asyncio.Task[None]] = []
         self._logged_rejections: dict[str, int] = {}
         # Operations (collectord/notify.py, collectord/reload.py): systemd notify, SIGHUP.
         self.notifier = Notifier.from_environ()
@@ -50,6 +52,8 @@ class Daemon:
 
     async def start(self) -> None:
         listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
+        for sink in build_sinks(p):
+            p.add_sink(sink)
         # Recover before listening: nothing new may be applied before the old is back.
         p.recover()
         tenant = ingest.tenant
@@ -105,6 +109,7 @@ class Daemon:
         stats_api.ready = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick())]
+        self._sink_tasks = [loop.create_task(sink.run(), name=f"sink:{sink.name}") for sink in p.sinks]
         receive_buffers = {s.name: s.receive_buffer for s in self.datagram_sources}
         log.info("ready", extra={"tenant": tenant, "receive_buffers": receive_buffers})
 
@@ -167,12 +172,33 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.pipeline.advance()
+        await self._stop_sinks()
         if self.pipeline.journal is not None:
             self.pipeline.checkpoint()
             self.pipeline.journal.close()
         if self.runner is not None:
             await self.runner.cleanup()
         log.info("stopped", extra={"samples": self.pipeline.aggregator.counters.samples})
+
+    async def _stop_sinks(self) -> None:
+        """Let each sink write what it holds, within the drain timeout; what is left stays in
+        the log and the sink's checkpointed state, and is written after the next start."""
+        sinks = self.pipeline.sinks
+        if not sinks:
+            return
+        for task in self._sink_tasks:
+            task.cancel()
+        for task in self._sink_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        drains = asyncio.gather(*(sink.drain() for sink in sinks), return_exceptions=True)
+        try:
+            await asyncio.wait_for(drains, timeout=self.config.storage.sink_drain_timeout)
+        except TimeoutError:
+            log.warning("sinks did not finish writing before the drain timeout; they resume after restart")
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
 
     def _signalled(self) -> None:
         if self.stopping.is_set():

@@ -21,7 +21,9 @@ from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
 from collectord.ring import Batch, Ring
 from collectord.selfmetrics import SelfMetrics
+from collectord.sinks.base import Flush, Sink
 from collectord.storage.journal import Journal
+from collectord.streams.hub import StreamHub
 
 
 def aggregation_settings(config: Config) -> AggregationSettings:
@@ -75,6 +77,40 @@ class Pipeline:
         # Called with (old, new) Config after a SIGHUP reload applied `new`; may be async.
         # Sinks and APIs register here to pick up their settings (collectord/reload.py).
         self.reload_hooks: list[Callable[[Config, Config], object]] = []
+        # Told of every flush; their high-water marks ride in every checkpoint.
+        self.sinks: list[Sink] = []
+        # Applied samples go to stream followers (a flag check when there are none).
+        self.hub = StreamHub(config.streams.queue_size, config.streams.max_per_tenant)
+        self._offered_until = -1
+        if self.journal is not None:
+            self.journal.extra_state = self._checkpoint_extra
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def _checkpoint_extra(self) -> dict[str, object]:
+        return {"sinks": {sink.name: sink.state() for sink in self.sinks}}
+
+    def _restore_sinks(self, extra: dict[str, object]) -> None:
+        states = extra.get("sinks")
+        if not isinstance(states, dict):
+            return
+        for sink in self.sinks:
+            if sink.name in states:
+                sink.restore(states[sink.name])
+
+    def _offer(self, aggregator: Aggregator, view: list[FlushRecord], replaying: bool = False) -> None:
+        """Hand a flush to every sink: when a slice closed, or late samples touched old windows."""
+        closed_until = aggregator.rolled_until[0]
+        if not self.sinks:
+            aggregator.touched.clear()
+            return
+        if not view and not aggregator.touched and closed_until == self._offered_until:
+            return
+        self._offered_until = closed_until
+        flush = Flush(view, aggregator.take_touched(), closed_until, aggregator, replaying)
+        for sink in self.sinks:
+            sink.on_flush(flush)
 
     def new_aggregator(self) -> Aggregator:
         return Aggregator(self.config.limits, aggregation_settings(self.config), self.clock.now())
@@ -82,13 +118,19 @@ class Pipeline:
     def recover(self) -> None:
         """Load the newest checkpoint and replay the write-ahead log after it."""
         if self.journal is not None:
-            self.aggregator = self.journal.recover(self.new_aggregator)
-            self.aggregator.advance(self.clock.now())
+            self.aggregator = self.journal.recover(
+                self.new_aggregator,
+                on_loaded=self._restore_sinks,
+                on_advance=lambda aggregator, view: self._offer(aggregator, view, replaying=True),
+            )
+            self._offer(self.aggregator, self.aggregator.advance(self.clock.now()), replaying=True)
 
     def checkpoint(self, background: bool = False) -> bool:
         if self.journal is None:
             return False
         self.catch_up()
+        # Late touches noted since the last flush are not in the log after this checkpoint.
+        self._offer(self.aggregator, [])
         if background:
             return self.journal.checkpoint_in_background(self.aggregator)
         return self.journal.checkpoint(self.aggregator)
@@ -100,6 +142,8 @@ class Pipeline:
         if self.journal is not None:
             self.journal.log_acknowledged(batch)
         self.aggregator.apply(batch)
+        if self.hub.active:
+            self.hub.publish_batch(batch)
 
     def counters_for(self, source: str) -> SourceCounters:
         counters = self.sources.get(source)
@@ -119,6 +163,9 @@ class Pipeline:
         for batch in batches:
             apply(batch)
             applied += len(batch.samples)
+        if self.hub.active:
+            for batch in batches:
+                self.hub.publish_batch(batch)
         return applied
 
     def advance(self) -> list[FlushRecord]:
@@ -133,4 +180,5 @@ class Pipeline:
             flush.last_duration_s = took
             flush.total_duration_s += took
             self.self_metrics.flush_durations.observe(took)
+        self._offer(self.aggregator, view)
         return view

@@ -63,7 +63,8 @@ LIVE: dict[str, str] = {
     "aggregate.emit_idle_gauges": "at the next flush",
     "storage.checkpoint_interval": "at the next tick",
     "storage.stop_timeout": "at the next stop",
-    "auth.tokens": "from the next request",
+    "storage.sink_drain_timeout": "at the next stop",
+    "auth.*": "from the next request (tokens, write rate limits; the limiter's buckets carry over)",
     "log.*": "from the next line",
 }
 

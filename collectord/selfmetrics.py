@@ -3,11 +3,10 @@ update and `/metrics` reads at scrape time (collectord/api/self_metrics.py expor
 
 - `flush_durations`: every aggregation flush cycle (Pipeline.advance);
 - `http`: requests by method, route template and status (the middleware in api/http_metrics.py);
-- `stream_clients`: open SSE / WebSocket clients, by kind; stream handlers call
-  `opened(kind)` / `closed(kind)` (or use `connected(kind)` as a context manager);
-- `sinks`: one `SinkStats` per sink, created with `sink("postgres")`; the sink updates its
-  fields (written, errors, retries, lag, queued) and observes each write's duration;
 - `reloads`: SIGHUP outcomes.
+
+Sinks report through their `status()` (collectord/sinks/base.py); a sink that also keeps a
+`write_durations` DurationHistogram attribute gets its write durations exported as well.
 """
 
 from __future__ import annotations
@@ -89,43 +88,6 @@ class HttpRequests:
 
 
 @dataclass
-class StreamClients:
-    """Open streaming clients by kind ("sse", "websocket", ...)."""
-
-    open: dict[str, int] = field(default_factory=dict)
-    total: dict[str, int] = field(default_factory=dict)
-
-    def opened(self, kind: str) -> None:
-        self.open[kind] = self.open.get(kind, 0) + 1
-        self.total[kind] = self.total.get(kind, 0) + 1
-
-    def closed(self, kind: str) -> None:
-        self.open[kind] = max(0, self.open.get(kind, 0) - 1)
-
-    @contextmanager
-    def connected(self, kind: str) -> Iterator[None]:
-        self.opened(kind)
-        try:
-            yield
-        finally:
-            self.closed(kind)
-
-
-@dataclass
-class SinkStats:
-    """What one sink reports. `lag_seconds`: age of the oldest flushed record not yet written."""
-
-    written: int = 0
-    errors: int = 0
-    retries: int = 0
-    dropped: int = 0
-    queued: int = 0
-    lag_seconds: float = 0.0
-    up: bool = True
-    write_durations: DurationHistogram = field(default_factory=DurationHistogram)
-
-
-@dataclass
 class ReloadStats:
     succeeded: int = 0
     failed: int = 0
@@ -136,13 +98,4 @@ class ReloadStats:
 class SelfMetrics:
     flush_durations: DurationHistogram = field(default_factory=DurationHistogram)
     http: HttpRequests = field(default_factory=HttpRequests)
-    stream_clients: StreamClients = field(default_factory=StreamClients)
-    sinks: dict[str, SinkStats] = field(default_factory=dict)
     reloads: ReloadStats = field(default_factory=ReloadStats)
-
-    def sink(self, name: str) -> SinkStats:
-        """The stats of the sink `name`, created on first use."""
-        stats = self.sinks.get(name)
-        if stats is None:
-            stats = self.sinks[name] = SinkStats()
-        return stats

@@ -117,6 +117,9 @@ class Aggregator:
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
         self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
+        # Series that took samples in windows already rolled up, with the earliest such time:
+        # the flush view does not show those, and sinks must rewrite the windows.
+        self.touched: dict[Series, float] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -273,6 +276,9 @@ class Aggregator:
         slice_start = int(when // slice_len) * slice_len
         if slice_start >= self.rolled_until[0]:
             return [self._slice_cell(series, slice_start)]
+        earliest = self.touched.get(series)
+        if earliest is None or when < earliest:
+            self.touched[series] = when
         cells = []
         targets = [series, self._totals_for(series)]
         for level in range(1, LEVEL_COUNT):
@@ -371,6 +377,10 @@ class Aggregator:
         self.now = now
         self._last_housekeeping = now
         self.rolled_until = [align(now, length) for length in self.level_seconds]
+
+    def take_touched(self) -> dict[Series, float]:
+        touched, self.touched = self.touched, {}
+        return touched
 
     def pending_order(self) -> list[list[Series]]:
         return [list(level) for level in self._pending]

@@ -62,7 +62,8 @@ class Series:
         # latest distribution sample) and when it came.
         self.total = 0.0
         self.last_value = 0.0 if kind == KIND_GAUGE else math.nan
-        self.last_timestamp = now
+        # No sample yet: the first one sets the realtime value, however old its timestamp.
+        self.last_timestamp = -math.inf
         self.levels: list[dict[int, Cell]] = [_NO_CELLS] * LEVEL_COUNT
         # The hot path's shortcut to the open slice.
         self.slice_start = -1

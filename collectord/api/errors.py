@@ -18,11 +18,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An answer with an error status; `code` keys the message catalogue."""
 
-    def __init__(self, status: int, code: str, details: object = None, **params: object) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        details: object = None,
+        headers: dict[str, str] | None = None,
+        **params: object,
+    ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.details = details
+        self.headers = headers
         self.params = params
 
 
@@ -35,17 +43,21 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     )
 
 
-def error_response(request: web.Request, error: ApiError) -> web.Response:
+def error_body(request: web.Request, error: ApiError) -> dict[str, object]:
+    """The contract's error document, in the language the request prefers."""
     language = language_of(request.headers.get("Accept-Language"))
-    body = {
+    return {
         "error": {
             "code": error.code,
             "message": message(error.code, language, error.params),
             "details": error.details,
         }
     }
-    response = json_response(body, status=error.status)
-    response.headers["Content-Language"] = language
+
+
+def error_response(request: web.Request, error: ApiError) -> web.Response:
+    response = json_response(error_body(request, error), status=error.status, headers=error.headers)
+    response.headers["Content-Language"] = language_of(request.headers.get("Accept-Language"))
     return response
 
 

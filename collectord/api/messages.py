@@ -84,6 +84,69 @@ MESSAGES: dict[str, tuple[str, str]] = {
         'Invalid batch (expected {{"metrics": [1..500 metrics]}}): {reason}',
         'Nieprawidłowa paczka (oczekiwano {{"metrics": [1..500 metryk]}}): {reason}',
     ),
+    # Why one metric (a record, or a batch item) was refused; each names its field first.
+    "field_name": (
+        "name: Invalid metric name (1..255 characters: a letter, then letters, digits, '.', '_' or '-')",
+        "name: Nieprawidłowa nazwa metryki (1..255 znaków: litera, a po niej litery, cyfry, '.', '_' lub '-')",
+    ),
+    "field_value": (
+        "value: must be a finite number",
+        "value: wartość musi być skończoną liczbą",
+    ),
+    "field_type": (
+        "type: must be one of COUNTER, GAUGE, HISTOGRAM, SUMMARY",
+        "type: typ musi być jednym z: COUNTER, GAUGE, HISTOGRAM, SUMMARY",
+    ),
+    "field_tags": (
+        "tags: at most 20 tags; keys of 1..50 characters, values strings of at most 100",
+        "tags: najwyżej 20 tagów; klucze o długości 1..50 znaków, wartości to napisy o długości najwyżej 100",
+    ),
+    "field_timestamp": (
+        "timestamp: must be RFC 3339 with a time zone (2026-11-27T18:00:00Z) or epoch milliseconds",
+        "timestamp: znacznik czasu musi być w formacie RFC 3339 ze strefą czasową (2026-11-27T18:00:00Z) "
+        "albo w milisekundach od epoki",
+    ),
+    "timestamp_outside_window": (
+        "timestamp: outside the accepted window (at most {late:g} s in the past, {future:g} s ahead)",
+        "timestamp: poza dopuszczalnym oknem (najwyżej {late:g} s wstecz i {future:g} s naprzód)",
+    ),
+    "field_unit": (
+        "unit: at most 50 characters",
+        "unit: jednostka może mieć najwyżej 50 znaków",
+    ),
+    "field_aggregationType": (
+        "aggregationType: must be one of AVG, SUM, MIN, MAX, COUNT, P50, P90, P95, P99",
+        "aggregationType: typ agregacji musi być jednym z: AVG, SUM, MIN, MAX, COUNT, P50, P90, P95, P99",
+    ),
+    "field_id": (
+        "id: must be a UUID",
+        "id: identyfikator musi być identyfikatorem UUID",
+    ),
+    "field_missing": (
+        "{field}: required field is missing",
+        "{field}: brak wymaganego pola",
+    ),
+    "field_unknown": (
+        "{field}: unknown field",
+        "{field}: nieznane pole",
+    ),
+    "metric_not_object": (
+        "a metric must be a JSON object",
+        "metryka musi być obiektem JSON",
+    ),
+    "body_not_json": (
+        "the body is not valid JSON",
+        "treść żądania nie jest poprawnym dokumentem JSON",
+    ),
+    # Why a body is not a batch at all.
+    "batch_shape": (
+        'the body must be an object with one key, "metrics", holding an array',
+        'treść musi być obiektem z jednym kluczem "metrics" zawierającym tablicę',
+    ),
+    "batch_size": (
+        "metrics must hold 1 to {max} items",
+        "metrics musi zawierać od 1 do {max} elementów",
+    ),
     "invalid_precision": (
         "precision must be one of ns, us, ms, s (v1: n, u, ms, s), got {value}",
         "Precyzja musi być jedną z: ns, us, ms, s (v1: n, u, ms, s); podano {value}",
@@ -92,9 +155,30 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Line {number} was rejected ({reason}); the other lines were kept",
         "Linia {number} została odrzucona ({reason}); pozostałe linie zapisano",
     ),
+    "rate_limited": (
+        "This token may write {rate:g} times a second; try again in {seconds} s",
+        "Ten token może zapisywać {rate:g} razy na sekundę; spróbuj ponownie za {seconds} s",
+    ),
     "storage_unavailable": (
         "The daemon cannot store writes right now (its data directory is full or unwritable); nothing was kept",
         "Demon nie może teraz zapisywać danych (katalog danych jest pełny lub niezapisywalny); nic nie zapisano",
+    ),
+    "too_many_streams": (
+        "This tenant already has {max} streams open; close one or raise streams.max_per_tenant",
+        "Ten najemca ma już otwartych {max} strumieni; zamknij któryś lub zwiększ streams.max_per_tenant",
+    ),
+    "websocket_required": (
+        "This endpoint speaks WebSocket only (send Upgrade: websocket)",
+        "Ten punkt końcowy obsługuje wyłącznie WebSocket (wyślij Upgrade: websocket)",
+    ),
+    "invalid_subscription": (
+        'Invalid subscription (expected {{"subscribe": {{"metricNames": [1..5 names], "tags": {{}}}}}}): {reason}',
+        'Nieprawidłowa subskrypcja (oczekiwano {{"subscribe": {{"metricNames": [1..5 nazw], "tags": {{}}}}}}): '
+        "{reason}",
+    ),
+    "subscribe_timeout": (
+        "No subscription arrived within {seconds} seconds of connecting",
+        "Subskrypcja nie nadeszła w ciągu {seconds} sekund od połączenia",
     ),
     "internal": (
         "Internal error; the daemon keeps running (see its log)",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 
@@ -12,24 +10,11 @@ from aiohttp import web
 from collectord.aggregation.query import Query, iso, run_query
 from collectord.api import params
 from collectord.api.auth import Authenticator
+from collectord.api.csv_report import csv_response
 from collectord.api.errors import json_response
+from collectord.api.messages import language_of
+from collectord.api.units import UNITS
 from collectord.pipeline import Pipeline
-
-CSV_COLUMNS = (
-    "metricName",
-    "periodStart",
-    "periodEnd",
-    "count",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "p50",
-    "p90",
-    "p95",
-    "p99",
-    "value",
-)
 
 
 class QueryApi:
@@ -64,11 +49,13 @@ class QueryApi:
             limit=params.limit(args),
         )
         output = params.choice(args, "format", ("json", "csv"), "invalid_format")
-        params.choice(args, "locale", ("en", "pl"), "invalid_locale")
+        locale = params.choice(args, "locale", ("en", "pl"), "invalid_locale") if "locale" in args else None
         self.pipeline.catch_up()
         rows = run_query(self.pipeline.aggregator, query)
         if output == "csv":
-            return _csv_response(rows)
+            units = request.app[UNITS]
+            language = locale or language_of(request.headers.get("Accept-Language"))
+            return csv_response(rows, language, lambda name: units.get(principal.tenant, name))
         took_ms = (time.perf_counter() - began) * 1000.0
         return json_response(
             {
@@ -176,18 +163,3 @@ class QueryApi:
                 "byRejectedSeries": [{"metricName": name, "rejected": count} for name, count in rejected[:limit]],
             }
         )
-
-
-def _csv_response(rows: list[dict[str, object]]) -> web.Response:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    tag_keys = sorted({key for row in rows for key in row["tags"]})  # type: ignore[attr-defined]
-    writer.writerow([*CSV_COLUMNS, *tag_keys])
-    for row in rows:
-        tags: dict[str, str] = row["tags"]  # type: ignore[assignment]
-        writer.writerow([_cell(row[c]) for c in CSV_COLUMNS] + [tags.get(k, "") for k in tag_keys])
-    return web.Response(text=buffer.getvalue(), content_type="text/csv", charset="utf-8")
-
-
-def _cell(value: object) -> str:
-    return "" if value is None else str(value)

@@ -1,5 +1,5 @@
-"""/metrics beyond the ingest counters: WAL, flush and HTTP durations, stream clients, sinks,
-reloads, suppressed log lines and the build. Read at scrape time from plain objects
+"""/metrics beyond the ingest counters: WAL, flush, HTTP and sink-write durations, reloads,
+suppressed log lines and the build. Read at scrape time from plain objects
 (collectord/selfmetrics.py); every family is listed in docs/operations.md (a test checks it).
 """
 
@@ -29,8 +29,7 @@ class SelfMetricsCollector(Collector):
         yield from self._wal()
         yield from self._durations()
         yield from self._http()
-        yield from self._streams()
-        yield from self._sinks()
+        yield from self._sink_writes()
         yield from self._reloads()
 
     def _build(self) -> Iterator[Metric]:
@@ -108,43 +107,15 @@ class SelfMetricsCollector(Collector):
             _add_histogram(durations, [route], histogram)
         yield durations
 
-    def _streams(self) -> Iterator[Metric]:
-        clients = self.pipeline.self_metrics.stream_clients
-        current = GaugeMetricFamily("collectord_stream_clients", "Open streaming clients by kind", labels=["kind"])
-        total = CounterMetricFamily(
-            "collectord_stream_clients_connected", "Streaming clients ever connected, by kind", labels=["kind"]
-        )
-        for kind, count in clients.open.items():
-            current.add_metric([kind], count)
-        for kind, count in clients.total.items():
-            total.add_metric([kind], count)
-        yield from (current, total)
-
-    def _sinks(self) -> Iterator[Metric]:
-        sinks = self.pipeline.self_metrics.sinks
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
-            "written": CounterMetricFamily("collectord_sink_records_written", "Records a sink wrote", labels=["sink"]),
-            "errors": CounterMetricFamily("collectord_sink_errors", "Failed sink writes", labels=["sink"]),
-            "retries": CounterMetricFamily("collectord_sink_retries", "Sink writes retried", labels=["sink"]),
-            "dropped": CounterMetricFamily(
-                "collectord_sink_records_dropped", "Records a sink gave up on", labels=["sink"]
-            ),
-            "queued": GaugeMetricFamily(
-                "collectord_sink_queued_records", "Records waiting for a sink", labels=["sink"]
-            ),
-            "lag_seconds": GaugeMetricFamily(
-                "collectord_sink_lag_seconds", "Age of the oldest record a sink has not written", labels=["sink"]
-            ),
-            "up": GaugeMetricFamily("collectord_sink_up", "1 while the sink's backend answers", labels=["sink"]),
-        }
+    def _sink_writes(self) -> Iterator[Metric]:
         durations = HistogramMetricFamily(
             "collectord_sink_write_duration_seconds", "Sink write durations", labels=["sink"]
         )
-        for name, stats in sinks.items():
-            for attribute, family in families.items():
-                family.add_metric([name], float(getattr(stats, attribute)))
-            _add_histogram(durations, [name], stats.write_durations)
-        yield from families.values()
+        for sink in self.pipeline.sinks:
+            # Optional on a sink: the Sink protocol does not require it.
+            histogram = getattr(sink, "write_durations", None)
+            if isinstance(histogram, DurationHistogram):
+                _add_histogram(durations, [sink.name], histogram)
         yield durations
 
     def _reloads(self) -> Iterator[Metric]:

@@ -83,6 +83,8 @@ def stats_document(pipeline: Pipeline, kernel_drops: KernelDrops) -> dict[str, o
             "maxSeries": aggregator.table.limits.max_series,
         },
         "wal": pipeline.journal.stats() if pipeline.journal is not None else None,
+        "sinks": {sink.name: sink.status().document() for sink in pipeline.sinks},
+        "streams": {"clients": pipeline.hub.stream_count()},
         "flush": {
             "interval": aggregator.settings.flush_interval,
             "flushes": flush.flushes,
@@ -149,6 +151,32 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(
             "collectord_flush_last_duration_seconds", "Duration of the last flush cycle", value=p.flush.last_duration_s
         )
+        yield from _sink_metrics(p)
+
+
+def _sink_metrics(p: Pipeline) -> Iterator[Metric]:
+    connected = GaugeMetricFamily("collectord_sink_connected", "1 when the sink's backend answers", labels=["sink"])
+    lag = GaugeMetricFamily(
+        "collectord_sink_lag_seconds", "How far the sink's writes trail its flushes", labels=["sink"]
+    )
+    queued = GaugeMetricFamily("collectord_sink_queued", "Items waiting to be written", labels=["sink"])
+    written = CounterMetricFamily("collectord_sink_written", "Items written", labels=["sink"])
+    errors = CounterMetricFamily("collectord_sink_errors", "Failed writes", labels=["sink"])
+    retries = CounterMetricFamily("collectord_sink_retries", "Retried writes", labels=["sink"])
+    dropped = CounterMetricFamily("collectord_sink_dropped", "Items given up (spool full or refused)", labels=["sink"])
+    for sink in p.sinks:
+        status = sink.status()
+        connected.add_metric([sink.name], 1.0 if status.connected else 0.0)
+        lag.add_metric([sink.name], status.lag_seconds)
+        queued.add_metric([sink.name], status.queued)
+        written.add_metric([sink.name], status.written)
+        errors.add_metric([sink.name], status.errors)
+        retries.add_metric([sink.name], status.retries)
+        dropped.add_metric([sink.name], status.dropped)
+    yield from (connected, lag, queued, written, errors, retries, dropped)
+    yield GaugeMetricFamily(
+        "collectord_stream_clients", "SSE and WebSocket clients connected", value=p.hub.stream_count()
+    )
 
 
 class StatsApi:
@@ -177,7 +205,17 @@ class StatsApi:
         journal = self.pipeline.journal
         checks = {"listeners": self.ready, "ring": not ring.full, "storage": journal is None or journal.healthy}
         ok = all(checks.values())
-        return json_response({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+        # A sink whose backend is away does not make the daemon unready: it spools and catches
+        # up. It shows as degraded, with its lag, so an operator sees it.
+        sinks = {}
+        for sink in self.pipeline.sinks:
+            status = sink.status()
+            sinks[sink.name] = {"connected": status.connected, "lagSeconds": round(status.lag_seconds, 3)}
+        degraded = [name for name, s in sinks.items() if not s["connected"]]
+        body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks, "sinks": sinks}
+        if degraded:
+            body["degraded"] = degraded
+        return json_response(body, status=200 if ok else 503)
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         self.pipeline.catch_up()

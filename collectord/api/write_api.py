@@ -6,76 +6,34 @@ policy); when the log cannot take writes the answer is 503 and nothing is kept.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from datetime import datetime
-from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
-from msgspec import Meta
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
-from collectord.limits import NAME_PATTERN
-from collectord.model import KIND_OF_TYPE, MetricType, Sample
+from collectord.api.messages import language_of, message
+from collectord.api.schemas import MAX_BATCH, BatchIn
+from collectord.api.units import UnitBook
+from collectord.api.validation import FieldError, decode_metric
+from collectord.model import Sample
 from collectord.pipeline import Pipeline
 from collectord.protocols.line import PRECISIONS
 from collectord.ring import PAYLOAD_SAMPLES, Batch
 from collectord.storage.journal import JournalUnavailable
 
-MAX_BATCH = 500
-TagKey = Annotated[str, Meta(min_length=1, max_length=50)]
-TagValue = Annotated[str, Meta(max_length=100)]
 # InfluxDB v1 names precisions n/u/ms/s; v2 ns/us/ms/s.
 V1_PRECISION = {"n": "ns", "ns": "ns", "u": "us", "us": "us", "ms": "ms", "s": "s"}
 
 
-class MetricIn(msgspec.Struct, forbid_unknown_fields=True):
-    """The seed's MetricSchema, declared once; the handlers and the OpenAPI use it."""
-
-    name: Annotated[str, Meta(min_length=1, max_length=255, pattern=NAME_PATTERN)]
-    value: float
-    type: Literal["COUNTER", "GAUGE", "HISTOGRAM", "SUMMARY"]
-    tags: Annotated[dict[TagKey, TagValue], Meta(max_length=20)] = msgspec.field(default_factory=dict)
-    timestamp: str | int | None = None
-    unit: Annotated[str, Meta(max_length=50)] | None = None
-    aggregationType: Literal["AVG", "SUM", "MIN", "MAX", "COUNT", "P50", "P90", "P95", "P99"] | None = None
-    id: uuid.UUID | None = None
-
-
-class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    metrics: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_BATCH)]
-
-
-def _timestamp(raw: str | int | None) -> float | None:
-    if raw is None:
-        return None
-    if isinstance(raw, int):
-        return raw / 1000.0
-    moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError("timestamp needs a time zone")
-    return moment.timestamp()
-
-
-def to_sample(metric: MetricIn) -> Sample:
-    """A validated metric as a sample; ValueError names what is wrong."""
-    if not math.isfinite(metric.value):
-        raise ValueError("Expected a finite number - at `$.value`")
-    try:
-        when = _timestamp(metric.timestamp)
-    except ValueError:
-        raise ValueError("Expected RFC 3339 with a zone or epoch milliseconds - at `$.timestamp`") from None
-    kind = KIND_OF_TYPE[MetricType(metric.type)]
-    return ((metric.name, tuple(sorted(metric.tags.items()))), kind, metric.value, 1.0, when)
-
-
 class WriteApi:
-    def __init__(self, pipeline: Pipeline, auth: Authenticator) -> None:
+    def __init__(self, pipeline: Pipeline, auth: Authenticator, units: UnitBook) -> None:
         self.pipeline = pipeline
         self.auth = auth
+        self.units = units
+        self.late_allowance = float(pipeline.config.aggregate.late_allowance)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -85,43 +43,63 @@ class WriteApi:
             web.post("/write", self.write_v1),
         ]
 
-    def _keep(self, tenant: str, samples: list[Sample]) -> None:
+    def _keep(self, tenant: str, samples: list[Sample], received: float | None = None) -> None:
         if not samples:
             return
+        at = time.time() if received is None else received
         try:
-            self.pipeline.write_acknowledged(Batch(tenant, samples, time.time(), PAYLOAD_SAMPLES))
+            self.pipeline.write_acknowledged(Batch(tenant, samples, at, PAYLOAD_SAMPLES))
         except JournalUnavailable as error:
             raise ApiError(503, "storage_unavailable", details={"reason": str(error)}) from error
 
     async def record(self, request: web.Request) -> web.StreamResponse:
         principal = self.auth.require(request, "write")
         body = await request.read()
+        received = time.time()
         try:
-            metric = msgspec.json.decode(body, type=MetricIn)
-            sample = to_sample(metric)
-        except (msgspec.DecodeError, ValueError) as error:
-            raise ApiError(400, "invalid_metric", details={"reason": str(error)}, reason=str(error)) from None
-        self._keep(principal.tenant, [sample])
+            metric, sample = decode_metric(body, received, self.late_allowance)
+        except FieldError as error:
+            reason = error.reason(language_of(request.headers.get("Accept-Language")))
+            details = {"field": error.field, "reason": reason}
+            raise ApiError(400, "invalid_metric", details=details, reason=reason) from None
+        self._keep(principal.tenant, [sample], received)
+        if metric.unit:
+            self.units.note(principal.tenant, metric.name, metric.unit)
         return json_response({"metricId": str(metric.id or uuid.uuid4())}, status=201)
 
     async def record_batch(self, request: web.Request) -> web.StreamResponse:
+        """Valid items are kept and answered in `successful`; each invalid one in `failed`
+        with its index, id and the field it failed on. A body that is not a batch keeps nothing."""
         principal = self.auth.require(request, "write")
+        language = language_of(request.headers.get("Accept-Language"))
         body = await request.read()
+        received = time.time()
         try:
             batch = msgspec.json.decode(body, type=BatchIn)
-        except (msgspec.DecodeError, ValueError) as error:
-            raise ApiError(400, "invalid_batch", details={"reason": str(error)}, reason=str(error)) from None
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            reason = message(batch_problem(error), language, {"max": MAX_BATCH})
+            raise ApiError(
+                400, "invalid_batch", details={"reason": reason, "detail": str(error)}, reason=reason
+            ) from None
         successful: list[str] = []
         failed: list[dict[str, object]] = []
         samples: list[Sample] = []
+        units: list[tuple[str, str]] = []
         for index, raw in enumerate(batch.metrics):
             try:
-                metric = msgspec.json.decode(raw, type=MetricIn)
-                samples.append(to_sample(metric))
-                successful.append(str(metric.id or uuid.uuid4()))
-            except (msgspec.DecodeError, ValueError) as error:
-                failed.append({"index": index, "id": _raw_id(raw), "error": str(error)})
-        self._keep(principal.tenant, samples)
+                metric, sample = decode_metric(raw, received, self.late_allowance)
+            except FieldError as error:
+                failed.append(
+                    {"index": index, "id": _raw_id(raw), "field": error.field, "error": error.reason(language)}
+                )
+                continue
+            samples.append(sample)
+            successful.append(str(metric.id or uuid.uuid4()))
+            if metric.unit:
+                units.append((metric.name, metric.unit))
+        self._keep(principal.tenant, samples, received)
+        for name, unit in units:
+            self.units.note(principal.tenant, name, unit)
         return json_response({"successful": successful, "failed": failed})
 
     async def write_v2(self, request: web.Request) -> web.StreamResponse:
@@ -151,6 +129,15 @@ class WriteApi:
                 reason=rejection.reason,
             )
         return web.Response(status=204)
+
+
+def batch_problem(error: msgspec.DecodeError) -> str:
+    """The catalogue code for why a body is not a batch at all."""
+    if not isinstance(error, msgspec.ValidationError):
+        return "body_not_json"
+    if "length" in str(error) and "$.metrics" in str(error):
+        return "batch_size"
+    return "batch_shape"
 
 
 def _raw_id(raw: msgspec.Raw) -> object:

@@ -19,12 +19,13 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from collectord.aggregation.aggregator import Aggregator
+from collectord.aggregation.aggregator import Aggregator, FlushRecord
 from collectord.config import Config
 from collectord.model import MetricType, Sample
 from collectord.protocols.line import LineParser
@@ -98,11 +99,21 @@ class Journal:
         self.recovery = RecoveryStats()
         self.last_checkpoint_at = 0.0
         self.last_checkpoint_seconds = 0.0
+        # Extra state kept in every checkpoint (the sinks' high-water marks), read at capture.
+        self.extra_state: Callable[[], dict[str, Any]] = dict
+        self._on_advance: Callable[[Aggregator, list[FlushRecord]], None] | None = None
 
     # ------------------------------------------------------------------ start-up
 
-    def recover(self, make_aggregator: Any) -> Aggregator:
-        """Open the log, load the newest valid checkpoint, replay the log after it."""
+    def recover(
+        self,
+        make_aggregator: Any,
+        on_loaded: Callable[[dict[str, Any]], None] | None = None,
+        on_advance: Callable[[Aggregator, list[FlushRecord]], None] | None = None,
+    ) -> Aggregator:
+        """Open the log, load the newest valid checkpoint, replay the log after it.
+        `on_loaded` gets the checkpoint's extra state (sinks' high-water marks) before the
+        replay; `on_advance` every flush view the replay closes, as the live daemon would."""
         began = time.perf_counter()
         report = self.wal.open()
         self.recovery.wal_truncated_bytes = report.truncated_bytes
@@ -126,8 +137,14 @@ class Journal:
             self.checkpoints.remember(path, position)
             self.recovery.checkpoint = str(path)
             self.recovery.checkpoint_position = position
+            if on_loaded is not None:
+                on_loaded(state.extra)
             break
-        self._replay(aggregator, position)
+        self._on_advance = on_advance
+        try:
+            self._replay(aggregator, position)
+        finally:
+            self._on_advance = None
         self.recovery.seconds = time.perf_counter() - began
         log.info(
             "recovered",
@@ -183,7 +200,9 @@ class Journal:
                     continue
             # Close periods exactly as the live daemon did, so roll-ups happen in order.
             if record.received_at >= aggregator.rolled_until[0] + slice_len:
-                aggregator.advance(record.received_at)
+                view = aggregator.advance(record.received_at)
+                if self._on_advance is not None:
+                    self._on_advance(aggregator, view)
             aggregator.apply(Batch(record.tenant, samples, record.received_at))
             self.recovery.replayed_records += 1
             self.recovery.replayed_samples += len(samples)
@@ -297,7 +316,7 @@ class Journal:
         began = time.perf_counter()
         position = self.wal.end()
         try:
-            self.checkpoints.write(capture(aggregator, position), position)
+            self.checkpoints.write(capture(aggregator, position, self.extra_state()), position)
         except OSError as error:
             self._trouble(error)
             return False
@@ -321,7 +340,7 @@ class Journal:
         if pid == 0:  # the child: serialise, write, leave without running any of the parent's exit code
             code = 1
             try:
-                self.checkpoints.write(capture(aggregator, position), position)
+                self.checkpoints.write(capture(aggregator, position, self.extra_state()), position)
                 code = 0
             finally:
                 os._exit(code)

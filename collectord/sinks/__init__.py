@@ -1,0 +1,1 @@
+"""Sinks: where flushed aggregates go (PostgreSQL, InfluxDB, Redis)."""

@@ -1,0 +1,1 @@
+"""Live streams of samples to SSE and WebSocket clients, local and across hosts."""
