@@ -9,7 +9,9 @@ dependencies from the index (docs/operations.md).
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -77,6 +80,54 @@ def test_wheel_carries_every_package_file(wheel: Path) -> None:
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {sorted(missing)}"
     assert "collectord/py.typed" in names
     assert "collectord = collectord.cli:main" in entry_points
+
+
+def _distribution(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """`names` and every distribution they require, as installed here."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [_distribution(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_every_imported_library_is_a_declared_dependency(wheel: Path) -> None:
+    """A fresh `pip install` gets only what the wheel declares: an import that is not covered
+    fails at run time on a clean machine, never in this shared environment."""
+    with zipfile.ZipFile(wheel) as archive:
+        meta = archive.read(f"collectord-{__version__}.dist-info/METADATA").decode()
+    declared = {
+        _distribution(line.split(":", 1)[1].strip())
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    }
+    available = _with_dependencies(declared)
+    imported: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    providers = metadata.packages_distributions()
+    missing = {}
+    for module in sorted(imported - set(sys.stdlib_module_names) - {"collectord"}):
+        dists = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
+        if not dists & available:
+            missing[module] = sorted(dists)
+    assert not missing, f"imported but not declared in [project].dependencies: {missing}"
 
 
 @pytest.fixture(scope="module")

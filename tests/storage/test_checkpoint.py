@@ -144,3 +144,14 @@ def test_restored_sketches_stay_independent_and_writable() -> None:
     after = [c.sketch.to_bytes() for c in cells if c.sketch is not None]
     assert after[0] != before[0]
     assert after[1:] == before[1:]
+
+
+def test_a_name_sent_with_two_types_still_checkpoints() -> None:
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    agg.apply(Batch("t", [(("x", (("k", "a"),)), KIND_COUNTER, 1.0, 1.0, None)], T0 + 1))
+    agg.advance(T0 + 11)
+    agg.apply(Batch("t", [(("x", (("k", "b"),)), KIND_GAUGE, 5.0, 1.0, None)], T0 + 12))
+    agg.advance(T0 + 21)
+    restored = Aggregator(Limits(), AggregationSettings(), T0)
+    restore(restored, capture(agg, None))
+    assert restored.table.count == 2
