@@ -113,7 +113,12 @@ def start_daemon(
 ) -> RunningDaemon:
     """Start the daemon with its data in tmp/data; `ports` (statsd, line, http) to restart one
     where it was."""
-    statsd, line, http = ports or (free_port(), free_port(), free_port())
+    if ports is None:
+        # Each free_port() is free on its own; three calls may return the same one twice.
+        ports = (free_port(), free_port(), free_port())
+        while len(set(ports)) < 3:
+            ports = (free_port(), free_port(), free_port())
+    statsd, line, http = ports
     config = tmp / "collectord.toml"
     config.write_text(
         f"""
