@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon import RunningDaemon, free_port, start_daemon
+from tests.integration.daemon import RunningDaemon, free_ports, start_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ class NotifySocket:
 
 
 def test_notify_protocol_through_a_daemon_life(tmp_path: Path) -> None:
-    ports = (free_port(), free_port(), free_port())
+    ports = free_ports()
     notify = NotifySocket(ports)
     try:
         daemon: RunningDaemon = start_daemon(
@@ -107,7 +107,7 @@ def test_notify_protocol_through_a_daemon_life(tmp_path: Path) -> None:
 
 
 def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path) -> None:
-    ports = (free_port(), free_port(), free_port())
+    ports = free_ports()
     notify = NotifySocket(ports)
     try:
         daemon = start_daemon(tmp_path, ports=ports, env={"NOTIFY_SOCKET": f"@{notify.name}"})

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.daemon import RunningDaemon, free_port, start_daemon
+from tests.integration.daemon import RunningDaemon, free_port, free_ports, start_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +214,7 @@ def test_listeners_move_new_socket_first_and_connections_stay(tmp_path: Path) ->
     old_tcp, old_http = daemon.statsd, daemon.http
     held = socket.create_connection(("127.0.0.1", old_tcp))
     held.sendall(b"move.tcp:1|c\n" * 5)
-    new_udp, new_tcp, new_http = free_port(), free_port(), free_port()
+    new_udp, new_tcp, new_http = free_ports()
     daemon.config_path.write_text(
         f"""
 [listen]
