@@ -6,6 +6,7 @@ from aiohttp import web
 
 from collectord.api.auth import Authenticator
 from collectord.api.errors import error_middleware
+from collectord.api.openapi import OpenApi
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
 from collectord.api.stream_api import STREAM_TASKS, StreamApi
@@ -29,4 +30,5 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     app[STREAM_TASKS] = set()
     app.add_routes(StreamApi(pipeline, auth, pipeline.config.streams.heartbeat_interval).routes())
     app.on_shutdown.append(StreamApi.on_shutdown)
+    app.add_routes(OpenApi().routes())
     return app, stats

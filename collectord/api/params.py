@@ -91,8 +91,11 @@ def aggregation(params: MultiMapping[str]) -> str:
 
 
 def tag_filters(params: MultiMapping[str]) -> list[tuple[str, str]]:
+    raws = params.getall("tag", [])
+    if len(raws) > MAX_TAG_FILTERS:
+        raise ApiError(400, "too_many_tags", max=MAX_TAG_FILTERS, got=len(raws))
     filters: dict[str, str] = {}
-    for raw in params.getall("tag", []):
+    for raw in raws:
         key, sep, value = raw.partition(":")
         if not sep or not key or len(key) > 50 or len(value) > 100:
             raise ApiError(400, "invalid_tag_filter", details={"param": "tag"}, value=raw)
