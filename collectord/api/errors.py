@@ -71,10 +71,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, ApiError(404, "not_found", path=request.path))
     except web.HTTPMethodNotAllowed as not_allowed:
         allowed = ", ".join(sorted(not_allowed.allowed_methods))
-        error = ApiError(
+        refusal = ApiError(
             405, "method_not_allowed", details={"allowed": allowed}, headers={"Allow": allowed}, method=request.method
         )
-        return error_response(request, error)
+        return error_response(request, refusal)
     except web.HTTPRequestEntityTooLarge as too_large:
         limit = request.app.get("max_body", too_large.text)
         return error_response(request, ApiError(413, "body_too_large", max=limit))
