@@ -90,7 +90,10 @@ def record(rounds: int = 2000, batches: int = 300) -> None:
                     for i in range(rounds)
                 ]
                 _post_latencies(daemon, "/api/v1/metrics", single[:100], 201)  # warm up
-                summary(f"record, fsync={fsync}", _post_latencies(daemon, "/api/v1/metrics", single, 201))
+                cpu = _cpu_seconds(daemon.process.pid)
+                timings = _post_latencies(daemon, "/api/v1/metrics", single, 201)
+                per_request = (_cpu_seconds(daemon.process.pid) - cpu) / rounds * 1000
+                summary(f"record, fsync={fsync} (daemon CPU {per_request:.3f} ms/request)", timings)
                 batch = [
                     json.dumps(
                         {
@@ -162,15 +165,19 @@ async def _stream_round(daemon: RunningDaemon, kind: str, clients: int, samples:
 
 
 def streams(clients: int = 200, samples: int = 100, rate: float = 20.0) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(Path(tmp), STREAM_CONFIG)
-        try:
-            for kind in ("sse", "ws"):
-                delays = asyncio.run(_stream_round(daemon, kind, clients, samples, rate))
-                assert len(delays) == clients * samples, len(delays)
-                summary(f"{kind}: {clients} clients x {samples} samples at {rate:g}/s, delay ms", delays)
-        finally:
-            daemon.stop()
+    """With the default fsync policy, and with fsync = "never" to show the stream path alone
+    (the log's fsync runs on the event loop: a slow disk stalls every client at once)."""
+    for fsync in ("interval", "never"):
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = start_daemon(Path(tmp), f'fsync = "{fsync}"\n{STREAM_CONFIG}')
+            try:
+                for kind in ("sse", "ws"):
+                    delays = asyncio.run(_stream_round(daemon, kind, clients, samples, rate))
+                    assert len(delays) == clients * samples, len(delays)
+                    label = f"{kind}, fsync={fsync}: {clients} clients x {samples} samples at {rate:g}/s, delay ms"
+                    summary(label, delays)
+            finally:
+                daemon.stop()
     print(load())
 
 
