@@ -106,7 +106,10 @@ def record(rounds: int = 2000, batches: int = 300) -> None:
                     for i in range(batches)
                 ]
                 _post_latencies(daemon, "/api/v1/metrics/batch", batch[:10], 200)
-                summary(f"batch of 500, fsync={fsync}", _post_latencies(daemon, "/api/v1/metrics/batch", batch, 200))
+                cpu = _cpu_seconds(daemon.process.pid)
+                timings = _post_latencies(daemon, "/api/v1/metrics/batch", batch, 200)
+                per_request = (_cpu_seconds(daemon.process.pid) - cpu) / batches * 1000
+                summary(f"batch of 500, fsync={fsync} (daemon CPU {per_request:.3f} ms/request)", timings)
             finally:
                 daemon.stop()
     print(load())

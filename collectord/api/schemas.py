@@ -30,7 +30,7 @@ MetricTypeName = Literal["COUNTER", "GAUGE", "HISTOGRAM", "SUMMARY"]
 AggregationName = Literal["AVG", "SUM", "MIN", "MAX", "COUNT", "P50", "P90", "P95", "P99"]
 
 
-class MetricIn(msgspec.Struct, forbid_unknown_fields=True):
+class MetricIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The seed's MetricSchema."""
 
     name: MetricName
