@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from collectord.api.messages import language_of, message
 
@@ -78,6 +79,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge as too_large:
         limit = request.app.get("max_body", too_large.text)
         return error_response(request, ApiError(413, "body_too_large", max=limit))
+    except RequestPayloadError as unreadable:
+        # A body that cannot be decoded (corrupt gzip, a broken chunked encoding).
+        reason = str(unreadable).split(":", 1)[-1].strip()
+        return error_response(request, ApiError(400, "invalid_body", details={"reason": reason}, reason=reason))
     except web.HTTPException:
         raise
     except Exception:
