@@ -425,6 +425,72 @@ class Postgres(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"expected": 'a "postgresql://..." URL, "key=value ..." DSN or ""'},
         ),
     ] = ""
+    pool_size: Annotated[
+        int, Meta(ge=1, le=64, description="Connections in the pool (writer, queries, maintenance).")
+    ] = 4
+    connect_timeout: Annotated[
+        Duration, Meta(gt=0, description="How long one connection attempt may take before it counts as a failure.")
+    ] = 5.0
+    query_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long /api/v1/query waits for PostgreSQL before answering from memory alone "
+            "(metadata says so).",
+        ),
+    ] = 5.0
+    write_timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long one write (a COPY, an upsert) may take before the connection counts as "
+            "broken and the write is retried.",
+        ),
+    ] = 60.0
+    raw_protocols: Annotated[
+        str,
+        Meta(
+            pattern=r"^(?:(?:api|line|statsd)(?:,(?:api|line|statsd))*)?$",
+            description='Comma-separated: whose samples are also stored raw in the metrics table: "api" '
+            '(record API and HTTP line protocol), "line" (line protocol listeners), "statsd" (StatsD '
+            'listeners, aggregated only by default); "" stores no raw points.',
+            extra={"expected": 'a comma-separated list of api, line, statsd (or "")'},
+        ),
+    ] = "api,line"
+    raw_retention: Annotated[
+        Duration, Meta(gt=0, description="Raw points older than this are dropped, a daily partition at a time.")
+    ] = 30 * 86400.0
+    partitions_ahead: Annotated[
+        int, Meta(ge=1, le=60, description="Daily partitions of the raw metrics table created ahead of today.")
+    ] = 3
+    retention_1m: Annotated[
+        Duration, Meta(ge=0, description="How long 1-minute aggregates are kept in PostgreSQL; 0 = forever.")
+    ] = 14 * 86400.0
+    retention_5m: Annotated[
+        Duration, Meta(ge=0, description="How long 5-minute aggregates are kept in PostgreSQL; 0 = forever.")
+    ] = 90 * 86400.0
+    retention_1h: Annotated[
+        Duration, Meta(ge=0, description="How long 1-hour aggregates are kept in PostgreSQL; 0 = forever.")
+    ] = 730 * 86400.0
+    retention_1d: Annotated[
+        Duration, Meta(ge=0, description="How long 1-day aggregates are kept in PostgreSQL; 0 = forever.")
+    ] = 0.0
+    maintenance_interval: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How often partitions are created ahead and retention applied (one daemon of the "
+            "fleet at a time, under an advisory lock).",
+        ),
+    ] = 3600.0
+    spool_max_batches: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Raw batches and audit events held (and checkpointed) while PostgreSQL is away; "
+            "beyond it the oldest are dropped and counted.",
+        ),
+    ] = 100_000
 
 
 class Influx(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -441,6 +507,35 @@ class Influx(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token: Annotated[Secret, Meta(description="API token; pass it as COLLECTORD_INFLUX_TOKEN.")] = ""
     org: Annotated[str, Meta(description="Organization; required when url is set.")] = ""
     bucket: Annotated[str, Meta(description="Bucket; required when url is set.")] = ""
+    precision: Annotated[
+        Literal["s", "ms", "us", "ns"],
+        Meta(description="Timestamp precision of the points written (each point is stamped with its slice's start)."),
+    ] = "s"
+    batch_size: Annotated[
+        int,
+        Meta(ge=1, le=1_000_000, description="Lines (points) per write request, gzip-compressed."),
+    ] = 5000
+    timeout: Annotated[Duration, Meta(gt=0, description="Time allowed for one write request.")] = 10.0
+    spool_max_bytes: Annotated[
+        Size,
+        Meta(
+            ge=1 << 16,
+            description="Disk the spool of unsent flushes may use (data_dir/spool/influx); when a "
+            "new flush would pass it, the oldest unsent flushes are dropped, logged and counted.",
+        ),
+    ] = 256 << 20
+    retry_max: Annotated[
+        Duration,
+        Meta(gt=0, description="Longest wait between retries while the server is away or failing (5xx, 429)."),
+    ] = 30.0
+    auth_retry: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="Wait between retries after 401, 403 or 404 (token, org or bucket wrong): "
+            "the spool is kept until the server accepts it.",
+        ),
+    ] = 60.0
 
 
 class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -455,6 +550,67 @@ class Redis(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             extra={"expected": 'a "redis://", "rediss://" or "unix://" URL or ""'},
         ),
     ] = ""
+    key_prefix: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9._-]{1,64}$",
+            description="Prefix of every key and channel; daemons that share realtime values, the "
+            "query cache and streams use the same prefix.",
+            extra={"expected": "1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'"},
+        ),
+    ] = "collectord"
+    timeout: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            le=10,
+            description="The longest a query or realtime request waits for Redis before it answers "
+            "from memory instead.",
+        ),
+    ] = 0.25
+    write_interval: Annotated[
+        Duration,
+        Meta(
+            ge=0.05,
+            le=5,
+            description="How often realtime values are written, one pipeline per interval (lengthened "
+            "automatically when scanning the active series takes long); stream events do not wait for it.",
+        ),
+    ] = 0.5
+    realtime_ttl: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="A realtime key not written for this long expires (a counter's fleet total "
+            "then starts again from 0).",
+        ),
+    ] = 86400.0
+    recent_size: Annotated[
+        int,
+        Meta(ge=1, le=10000, description="Latest values kept per histogram/summary series (one per write interval)."),
+    ] = 100
+    cache_ttl: Annotated[
+        Duration,
+        Meta(gt=0, description="How long a cached answer over closed periods is kept."),
+    ] = 60.0
+    cache_ttl_old: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            description="How long a cached answer is kept when its range ended more than an hour ago "
+            "(never past the moment its oldest window leaves memory).",
+        ),
+    ] = 600.0
+    interest_ttl: Annotated[
+        Duration,
+        Meta(
+            ge=1,
+            le=300,
+            description="How long a daemon's announcement of the streams its clients follow lives "
+            "unless renewed (renewed at a third of it): a daemon that dies stops receiving "
+            "forwarded samples after this.",
+        ),
+    ] = 10.0
 
 
 class Token(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -8,6 +8,7 @@ parsed); `advance` closes periods on the clock and returns the flush view.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator, FlushRecord
@@ -18,7 +19,7 @@ from collectord.model import MetricType
 from collectord.protocols.line import LineParser
 from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import Batch, Ring
+from collectord.ring import PAYLOAD_AUDIT, Batch, Ring
 from collectord.sinks.base import Flush, Sink
 from collectord.storage.journal import Journal
 from collectord.streams.hub import StreamHub
@@ -76,11 +77,30 @@ class Pipeline:
         # Applied samples go to stream followers (a flag check when there are none).
         self.hub = StreamHub(config.streams.queue_size, config.streams.max_per_tenant)
         self._offered_until = -1
+        # Told of every applied batch (and audit event), with replaying=True during recovery:
+        # sinks that store raw points or audit records.
+        self.batch_taps: list[Callable[[Batch, bool], None]] = []
         if self.journal is not None:
             self.journal.extra_state = self._checkpoint_extra
+            self.journal.on_replayed = self._tap_replayed
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
+
+    def _tap_replayed(self, batch: Batch) -> None:
+        for tap in self.batch_taps:
+            tap(batch, True)
+
+    def audit(self, tenant: str, payload: bytes) -> None:
+        """Keep an audit event (JSON) on the durable path: logged, then handed to the taps.
+        JournalUnavailable when the log cannot take it. Nothing to do without a tap."""
+        if not self.batch_taps:
+            return
+        batch = Batch(tenant, [], time.time(), PAYLOAD_AUDIT, payload)
+        if self.journal is not None:
+            self.journal.log_audit(tenant, batch.received_at, payload)
+        for tap in self.batch_taps:
+            tap(batch, False)
 
     def _checkpoint_extra(self) -> dict[str, object]:
         return {"sinks": {sink.name: sink.state() for sink in self.sinks}}
@@ -136,6 +156,8 @@ class Pipeline:
         if self.journal is not None:
             self.journal.log_acknowledged(batch)
         self.aggregator.apply(batch)
+        for tap in self.batch_taps:
+            tap(batch, False)
         if self.hub.active:
             self.hub.publish_batch(batch)
 
@@ -157,6 +179,9 @@ class Pipeline:
         for batch in batches:
             apply(batch)
             applied += len(batch.samples)
+        for tap in self.batch_taps:
+            for batch in batches:
+                tap(batch, False)
         if self.hub.active:
             for batch in batches:
                 self.hub.publish_batch(batch)

@@ -20,6 +20,8 @@ PAYLOAD_NONE = 0
 PAYLOAD_STATSD = 1
 PAYLOAD_LINE = 2
 PAYLOAD_SAMPLES = 3
+# An audit event (JSON), logged so it is never lost; not applied to the aggregation.
+PAYLOAD_AUDIT = 4
 
 
 class Batch(NamedTuple):

@@ -382,6 +382,10 @@ class Aggregator:
         touched, self.touched = self.touched, {}
         return touched
 
+    def slice_series(self) -> Iterable[Series]:
+        """Series holding open slices: every series that took a sample since the last flush."""
+        return self._pending[0].keys()
+
     def pending_order(self) -> list[list[Series]]:
         return [list(level) for level in self._pending]
 
@@ -414,6 +418,11 @@ class Aggregator:
         key = (series.tenant, series.name)
         totals = self.name_totals.get(key)
         if totals is None or totals.kind != series.kind:
+            if totals is not None:
+                # One name sent with two types (in different tag sets): the newest type's
+                # aggregate replaces the old, which must not linger awaiting roll-up.
+                for pending in self._pending:
+                    pending.pop(totals, None)
             totals = self.name_totals[key] = Series(series.tenant, series.name, (), series.kind, self.now)
         return totals
 

@@ -184,6 +184,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "No subscription arrived within {seconds} seconds of connecting",
         "Subskrypcja nie nadeszła w ciągu {seconds} sekund od połączenia",
     ),
+    "missing_older_than": (
+        "older_than is required (RFC 3339, epoch milliseconds or a relative time such as -30d)",
+        "Parametr older_than jest wymagany (RFC 3339, milisekundy od epoki lub czas względny, np. -30d)",
+    ),
+    "postgres_unavailable": (
+        "PostgreSQL is unavailable; nothing was deleted, try again later",
+        "PostgreSQL jest niedostępny; nic nie usunięto, spróbuj ponownie później",
+    ),
     "internal": (
         "Internal error; the daemon keeps running (see its log)",
         "Błąd wewnętrzny; demon działa dalej (szczegóły w jego logu)",

@@ -7,14 +7,17 @@ import time
 
 from aiohttp import web
 
-from collectord.aggregation.query import Query, iso, run_query
+from collectord.aggregation.query import Query, iso
 from collectord.api import params
 from collectord.api.auth import Authenticator
 from collectord.api.csv_report import csv_response
 from collectord.api.errors import json_response
 from collectord.api.messages import language_of
 from collectord.api.units import UNITS
+from collectord.audit import METRICS_QUERIED, audit, queried
 from collectord.pipeline import Pipeline
+from collectord.redis.sink import cached_rows, fleet_realtime
+from collectord.sinks.postgres.fleet import fleet_query
 
 
 class QueryApi:
@@ -51,7 +54,15 @@ class QueryApi:
         output = params.choice(args, "format", ("json", "csv"), "invalid_format")
         locale = params.choice(args, "locale", ("en", "pl"), "invalid_locale") if "locale" in args else None
         self.pipeline.catch_up()
-        rows = run_query(self.pipeline.aggregator, query)
+        answered: dict[str, object] = {}
+
+        async def compute() -> list[dict[str, object]]:
+            rows, paths = await fleet_query(self.pipeline, query)
+            answered.update(paths)
+            return rows
+
+        rows, from_cache = await cached_rows(self.pipeline, query, compute)
+        audit(self.pipeline, query.tenant, principal.role, METRICS_QUERIED, queried(query, len(rows)))
         if output == "csv":
             units = request.app[UNITS]
             language = locale or language_of(request.headers.get("Accept-Language"))
@@ -73,7 +84,8 @@ class QueryApi:
                         "limit": query.limit,
                     },
                     "executionTimeMs": round(took_ms, 3),
-                    "fromCache": False,
+                    "fromCache": from_cache,
+                    "fleet": answered or None,
                 },
             }
         )
@@ -85,6 +97,9 @@ class QueryApi:
         names = params.metric_names(request.query, max_count=1)
         tags = params.tag_filters(request.query)
         self.pipeline.catch_up()
+        fleet = await fleet_realtime(self.pipeline, principal.tenant, names[0], tags)
+        if fleet is not None:
+            return json_response(fleet)
         matching = self.pipeline.aggregator.matching_series(principal.tenant, names[0], tags)
         if not matching:
             return json_response({"metric": names[0], "value": None, "type": None, "timestamp": None, "series": 0})

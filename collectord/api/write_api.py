@@ -17,6 +17,7 @@ from collectord.api.messages import language_of, message
 from collectord.api.schemas import MAX_BATCH, BatchIn, MetricIn, ValidBatchIn
 from collectord.api.units import UnitBook
 from collectord.api.validation import FieldError, decode_metric, new_ids, to_sample
+from collectord.audit import METRIC_RECORDED, METRICS_BATCH_RECORDED, audit
 from collectord.model import Sample
 from collectord.pipeline import Pipeline
 from collectord.protocols.line import PRECISIONS
@@ -64,7 +65,16 @@ class WriteApi:
         self._keep(principal.tenant, [sample], received)
         if metric.unit:
             self.units.note(principal.tenant, metric.name, metric.unit)
-        return json_response({"metricId": str(metric.id) if metric.id is not None else new_ids(1)[0]}, status=201)
+        metric_id = str(metric.id) if metric.id is not None else new_ids(1)[0]
+        audit(
+            self.pipeline,
+            principal.tenant,
+            principal.role,
+            METRIC_RECORDED,
+            {"metricId": metric_id, "metricName": metric.name},
+            metric_id,
+        )
+        return json_response({"metricId": metric_id}, status=201)
 
     async def record_batch(self, request: web.Request) -> web.StreamResponse:
         """Valid items are kept and answered in `successful`; each invalid one in `failed`
@@ -95,6 +105,8 @@ class WriteApi:
         self._keep(principal.tenant, samples, received)
         for name, unit in units:
             self.units.note(principal.tenant, name, unit)
+        counts = {"successCount": len(successful), "failCount": len(failed)}
+        audit(self.pipeline, principal.tenant, principal.role, METRICS_BATCH_RECORDED, counts)
         return json_response({"successful": successful, "failed": failed})
 
     def _batch_items(

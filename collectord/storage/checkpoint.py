@@ -13,6 +13,7 @@ import logging
 import os
 import struct
 import zlib
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ import msgspec
 from collectord.aggregation.aggregator import Aggregator
 from collectord.aggregation.cells import Cell
 from collectord.aggregation.series import LEVEL_COUNT, Series
-from collectord.aggregation.sketch import Sketch, SketchDecodeError
+from collectord.aggregation.sketch import Sketch, SketchDecodeError, pack_snapshots, unpack_snapshots
 
 log = logging.getLogger("collectord.storage.checkpoint")
 
-MAGIC = b"CLDCKPT1"
+# Version 2: cells in columns, sketches as exact snapshots. Version 1 (a cell per tuple,
+# sketches in their wire form) is still read, so an upgrade in place restarts from it.
+MAGIC = b"CLDCKPT2"
+MAGIC_V1 = b"CLDCKPT1"
+VERSION = 2
 _HEADER = struct.Struct("<8sQI")  # magic, body length, crc32 of the body
 KEEP = 2  # the newest and the one before it
 Position = tuple[int, int]
@@ -52,29 +57,59 @@ class CheckpointState(msgspec.Struct, array_like=True):
     pending: list[list[int]] = []
 
 
-def _encode_cell(cell: Cell) -> tuple[Any, ...]:
-    return (
-        cell.count,
-        cell.sum,
-        cell.sum_squares,
-        cell.min,
-        cell.max,
-        cell.last,
-        cell.sketch.to_bytes() if cell.sketch is not None else None,
-        sorted(cell.members) if cell.members is not None else None,
-    )
+_SCALARS = 6  # count, sum, sum_squares, min, max, last
 
 
-def _decode_cell(raw: Sequence[Any]) -> Cell:
-    count, total, squares, low, high, last, sketch, members = raw
-    try:
-        decoded = Sketch.from_bytes(sketch) if sketch is not None else None
-    except SketchDecodeError as error:
-        raise CheckpointError(f"bad sketch: {error}") from error
-    cell = Cell(sketch=decoded, members=set(members) if members is not None else None)
-    cell.count, cell.sum, cell.sum_squares = float(count), float(total), float(squares)
-    cell.min, cell.max, cell.last = float(low), float(high), float(last)
-    return cell
+def _encode_level(cells: dict[int, Cell]) -> list[Any] | None:
+    """One level's cells in columns: starts and scalars as packed arrays (one C call each way),
+    sketches as their exact snapshots, set members as lists."""
+    if not cells:
+        return None
+    values = list(cells.values())
+    scalars = array("d")
+    for cell in values:
+        scalars.extend((cell.count, cell.sum, cell.sum_squares, cell.min, cell.max, cell.last))
+    # A series' cells all have its kind's shape: sketches in every cell or none, sets likewise.
+    first = values[0]
+    sketches = None
+    if first.sketch is not None:
+        sketches = pack_snapshots([c.sketch for c in values if c.sketch is not None])
+    members = None
+    if first.members is not None:
+        members = [sorted(c.members) if c.members is not None else [] for c in values]
+    return [array("q", cells).tobytes(), scalars.tobytes(), sketches, members]
+
+
+def _decode_level(raw: Sequence[Any]) -> dict[int, Cell]:
+    starts_raw, scalars_raw, sketches, members = raw
+    starts = array("q")
+    starts.frombytes(starts_raw)
+    scalars = array("d")
+    scalars.frombytes(scalars_raw)
+    n = len(starts)
+    unpacked = unpack_snapshots(*sketches) if sketches is not None else None
+    if len(scalars) != n * _SCALARS or (unpacked is not None and len(unpacked) != n):
+        raise CheckpointError("level columns disagree")
+    if members is not None and len(members) != n:
+        raise CheckpointError("level columns disagree")
+    out: dict[int, Cell] = {}
+    new = object.__new__
+    columns = iter(scalars)
+    rows = zip(columns, columns, columns, columns, columns, columns, strict=True)
+    for i, (count, total, squares, low, high, last) in enumerate(rows):
+        cell: Cell = new(Cell)
+        cell.count = count
+        cell.sum = total
+        cell.sum_squares = squares
+        cell.min = low
+        cell.max = high
+        cell.last = last
+        cell.sketch = unpacked[i] if unpacked is not None else None
+        held = members[i] if members is not None else None
+        cell.members = set(held) if held is not None else None
+        cell._percentiles = None
+        out[starts[i]] = cell
+    return out
 
 
 def _encode_series(series: Series) -> list[Any]:
@@ -88,11 +123,24 @@ def _encode_series(series: Series) -> list[Any]:
         series.total,
         series.last_value,
         series.last_timestamp,
-        [[[start, _encode_cell(cell)] for start, cell in level.items()] for level in series.levels],
+        [_encode_level(level) for level in series.levels],
     ]
 
 
-def _decode_series(raw: Sequence[Any]) -> Series:
+def _decode_cell_v1(raw: Sequence[Any]) -> Cell:
+    count, total, squares, low, high, last, sketch, members = raw
+    cell = Cell(sketch=Sketch.from_bytes(sketch) if sketch is not None else None)
+    cell.members = set(members) if members is not None else None
+    cell.count, cell.sum, cell.sum_squares = float(count), float(total), float(squares)
+    cell.min, cell.max, cell.last = float(low), float(high), float(last)
+    return cell
+
+
+def _decode_level_v1(raw: Sequence[Any]) -> dict[int, Cell]:
+    return {int(start): _decode_cell_v1(cell) for start, cell in raw}
+
+
+def _decode_series(raw: Sequence[Any], version: int = VERSION) -> Series:
     tenant, name, tags, kind, first_seen, last_seen, total, last_value, last_ts, levels = raw
     series = Series(tenant, name, tuple((str(k), str(v)) for k, v in tags), int(kind), float(first_seen))
     series.last_seen, series.total = float(last_seen), float(total)
@@ -101,9 +149,7 @@ def _decode_series(raw: Sequence[Any]) -> Series:
         raise CheckpointError("wrong number of levels")
     for level, cells in enumerate(levels):
         if cells:
-            target = series.writable(level)
-            for start, cell in cells:
-                target[int(start)] = _decode_cell(cell)
+            series.levels[level] = _decode_level(cells) if version >= 2 else _decode_level_v1(cells)
     return series
 
 
@@ -112,7 +158,7 @@ def capture(aggregator: Aggregator, wal_position: Position | None, extra: dict[s
     everything = [*aggregator.table.all_series(), *aggregator.name_totals.values()]
     position_of = {id(series): index for index, series in enumerate(everything)}
     state = CheckpointState(
-        version=1,
+        version=VERSION,
         wal_position=wal_position,
         now=aggregator.now,
         rolled_until=list(aggregator.rolled_until),
@@ -134,13 +180,14 @@ def restore(aggregator: Aggregator, data: bytes) -> CheckpointState:
         raise CheckpointError("file too short")
     magic, length, crc = _HEADER.unpack_from(data)
     body = data[_HEADER.size :]
-    if magic != MAGIC or length != len(body) or zlib.crc32(body) != crc:
+    if magic not in (MAGIC, MAGIC_V1) or length != len(body) or zlib.crc32(body) != crc:
         raise CheckpointError("header or checksum mismatch")
+    version = 2 if magic == MAGIC else 1
     try:
         state = msgspec.msgpack.decode(zlib.decompress(body), type=CheckpointState)
-        series = [_decode_series(raw) for raw in state.series]
-        totals = [_decode_series(raw) for raw in state.name_totals]
-    except (msgspec.DecodeError, zlib.error, ValueError, TypeError, KeyError) as error:
+        series = [_decode_series(raw, version) for raw in state.series]
+        totals = [_decode_series(raw, version) for raw in state.name_totals]
+    except (msgspec.DecodeError, zlib.error, ValueError, TypeError, KeyError, SketchDecodeError) as error:
         raise CheckpointError(f"undecodable: {error}") from error
     if len(state.rolled_until) != LEVEL_COUNT:
         raise CheckpointError("wrong number of levels")

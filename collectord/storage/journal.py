@@ -30,7 +30,7 @@ from collectord.config import Config
 from collectord.model import MetricType, Sample
 from collectord.protocols.line import LineParser
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
 from collectord.storage.checkpoint import CheckpointError, CheckpointStore, capture, restore
 from collectord.storage.wal import WalError, WalPosition, WriteAheadLog
 
@@ -102,6 +102,8 @@ class Journal:
         # Extra state kept in every checkpoint (the sinks' high-water marks), read at capture.
         self.extra_state: Callable[[], dict[str, Any]] = dict
         self._on_advance: Callable[[Aggregator, list[FlushRecord]], None] | None = None
+        # Told of every replayed batch (the pipeline's batch taps, with replaying=True).
+        self.on_replayed: Callable[[Batch], None] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -188,6 +190,10 @@ class Journal:
                 aggregator.start_at(record.received_at)
                 fresh = False
             samples: list[Sample] = []
+            if record.kind == PAYLOAD_AUDIT:
+                if self.on_replayed is not None:
+                    self.on_replayed(Batch(record.tenant, [], record.received_at, record.kind, record.payload))
+                continue
             if record.kind == PAYLOAD_STATSD:
                 statsd.parse(record.payload, samples)
             elif record.kind == PAYLOAD_LINE:
@@ -203,7 +209,10 @@ class Journal:
                 view = aggregator.advance(record.received_at)
                 if self._on_advance is not None:
                     self._on_advance(aggregator, view)
-            aggregator.apply(Batch(record.tenant, samples, record.received_at))
+            batch = Batch(record.tenant, samples, record.received_at, record.kind)
+            aggregator.apply(batch)
+            if self.on_replayed is not None:
+                self.on_replayed(batch)
             self.recovery.replayed_records += 1
             self.recovery.replayed_samples += len(samples)
 
@@ -256,6 +265,19 @@ class Journal:
         if not self.wal.pending:
             self._oldest_pending = batch.received_at
         self.wal.append(PAYLOAD_SAMPLES, batch.tenant, batch.received_at, encode_samples(batch.samples))
+        try:
+            self.wal.commit()
+        except WalError as error:
+            self._trouble(error)
+            raise JournalUnavailable(str(error)) from error
+
+    def log_audit(self, tenant: str, received_at: float, payload: bytes) -> None:
+        """An audit event, in the log before its request is answered, or JournalUnavailable."""
+        if not self.healthy and not self.retry():
+            raise JournalUnavailable(self.last_error or "write-ahead log unavailable")
+        if not self.wal.pending:
+            self._oldest_pending = received_at
+        self.wal.append(PAYLOAD_AUDIT, tenant, received_at, payload)
         try:
             self.wal.commit()
         except WalError as error:

@@ -727,3 +727,39 @@ def test_collapsing_is_order_independent_and_mergeable(
     top = forward.quantile(1.0)
     assert top is not None
     assert abs(top - max(values)) <= PROMISED * abs(max(values)) + ZERO_THRESHOLD
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.floats(-1e9, 1e9, allow_nan=False), st.sampled_from([1.0, 1.0, 0.3, 10.0, 1e-3])),
+            max_size=40,
+        ),
+        max_size=12,
+    )
+)
+def test_packed_snapshots_give_back_equal_sketches(contents: list[list[tuple[float, float]]]) -> None:
+    from collectord.aggregation.sketch import pack_snapshots, unpack_snapshots
+
+    sketches = []
+    for values in contents:
+        sketch = Sketch()
+        for value, weight in values:
+            sketch.add(value, weight)
+        sketches.append(sketch)
+    restored = unpack_snapshots(*pack_snapshots(sketches))
+    assert restored == sketches
+    assert [s.quantile(0.99) for s in restored] == [s.quantile(0.99) for s in sketches]
+
+
+def test_damaged_snapshot_columns_raise_the_decode_error() -> None:
+    from collectord.aggregation.sketch import SketchDecodeError, pack_snapshots, unpack_snapshots
+
+    sketch = Sketch()
+    sketch.add(5.0, 1.0)
+    ints, floats, blob = pack_snapshots([sketch, sketch])
+    damages = [(ints[:-8], floats, blob), (ints, floats, blob[:-1]), (ints, floats[:-8], blob), (b"x", floats, blob)]
+    for damaged in damages:
+        with pytest.raises(SketchDecodeError):
+            unpack_snapshots(*damaged)

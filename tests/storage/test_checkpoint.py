@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,71 @@ def test_store_keeps_the_newest_two_and_writes_atomically(tmp_path: Path) -> Non
     files = store.candidates()
     assert [f.read_bytes() for f in files] == [b"xxxx", b"xxx"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _legacy_v1(agg: Aggregator) -> bytes:
+    """A checkpoint as version 1 wrote it (a tuple per cell, wire-form sketches)."""
+    import zlib
+
+    import msgspec
+
+    from collectord.storage.checkpoint import _HEADER, MAGIC_V1, CheckpointState
+
+    def cell(c: Any) -> tuple[Any, ...]:
+        sketch = c.sketch.to_bytes() if c.sketch is not None else None
+        members = sorted(c.members) if c.members is not None else None
+        return (c.count, c.sum, c.sum_squares, c.min, c.max, c.last, sketch, members)
+
+    def series(s: Any) -> list[Any]:
+        levels = [[[start, cell(c)] for start, c in level.items()] for level in s.levels]
+        head = [s.tenant, s.name, [list(p) for p in s.tags], s.kind, s.first_seen, s.last_seen, s.total]
+        return [*head, s.last_value, s.last_timestamp, levels]
+
+    state = CheckpointState(
+        version=1,
+        wal_position=None,
+        now=agg.now,
+        rolled_until=list(agg.rolled_until),
+        samples=agg.counters.samples,
+        rejected=dict(agg.counters.rejected),
+        rejected_by_metric=[],
+        series=[series(s) for s in agg.table.all_series()],
+        name_totals=[series(s) for s in agg.name_totals.values()],
+        extra={},
+    )
+    body = zlib.compress(msgspec.msgpack.encode(state), 1)
+    return _HEADER.pack(MAGIC_V1, len(body), zlib.crc32(body)) + body
+
+
+def test_a_version_1_checkpoint_still_restores_after_an_upgrade() -> None:
+    original = _busy_aggregator()
+    restored = Aggregator(original.table.limits, AggregationSettings(), T0)
+    restore(restored, _legacy_v1(original))
+    assert _answers(restored) == _answers(original)
+
+
+def test_restored_sketches_stay_independent_and_writable() -> None:
+    """Restored sketch stores share one buffer: writing one must never touch another."""
+    original = _busy_aggregator()
+    restored = Aggregator(original.table.limits, AggregationSettings(), T0)
+    restore(restored, capture(original, None))
+    cells = [c for s in restored.table.all_series() for level in s.levels for c in level.values() if c.sketch]
+    before = [c.sketch.to_bytes() for c in cells if c.sketch is not None]
+    first = cells[0].sketch
+    assert first is not None
+    for value in (0.5, 3.0, 1e6, -2.0):
+        first.add(value, 1.0)
+    after = [c.sketch.to_bytes() for c in cells if c.sketch is not None]
+    assert after[0] != before[0]
+    assert after[1:] == before[1:]
+
+
+def test_a_name_sent_with_two_types_still_checkpoints() -> None:
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    agg.apply(Batch("t", [(("x", (("k", "a"),)), KIND_COUNTER, 1.0, 1.0, None)], T0 + 1))
+    agg.advance(T0 + 11)
+    agg.apply(Batch("t", [(("x", (("k", "b"),)), KIND_GAUGE, 5.0, 1.0, None)], T0 + 12))
+    agg.advance(T0 + 21)
+    restored = Aggregator(Limits(), AggregationSettings(), T0)
+    restore(restored, capture(agg, None))
+    assert restored.table.count == 2
