@@ -31,6 +31,7 @@ _STRUCTS: tuple[Any, ...] = (
     schemas.CardinalityOut,
     schemas.HealthOut,
     schemas.StreamEvent,
+    schemas.PurgeOut,
 )
 
 Json = dict[str, Any]
@@ -146,12 +147,28 @@ def paths() -> Json:
     ]
     return {
         "/api/v1/metrics": {
+            "delete": {
+                "summary": "Purge the tenant's metrics older than a time (admin only).",
+                "tags": ["admin"],
+                "parameters": [
+                    _query(
+                        "metric", _names(1, MAX_METRICS), "Metric name, repeatable; none = every metric.", many=True
+                    ),
+                    _query("older_than", {"type": "string", "pattern": TIME_PATTERN}, "Purge before this.", True),
+                ],
+                "responses": {
+                    "200": _json(schemas.PurgeOut, "Rows (or in-memory windows) deleted."),
+                    **READ_ERRORS,
+                    "403": _error("Only the admin role may purge."),
+                    "503": _error("PostgreSQL is configured but cannot be reached; nothing was purged."),
+                },
+            },
             "post": {
                 "summary": "Record one metric (the seed's MetricSchema).",
                 "tags": ["write"],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(schemas.MetricIn)}}},
                 "responses": {"201": _json(schemas.MetricIdOut, "Kept durably."), **WRITE_ERRORS},
-            }
+            },
         },
         "/api/v1/metrics/batch": {
             "post": {
@@ -317,6 +334,26 @@ def paths() -> Json:
                 "responses": {
                     "200": _json(schemas.HealthOut, "Ready (sinks may be degraded)."),
                     "503": _json(schemas.HealthOut, "Not ready; the failing check is named."),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The dashboard page.",
+                "tags": ["operate"],
+                "responses": {
+                    "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/dashboard/{name}": {
+            "get": {
+                "summary": "The dashboard's static files.",
+                "tags": ["operate"],
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The file."},
+                    "404": _error("No such file."),
                 },
             }
         },

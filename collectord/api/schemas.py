@@ -190,3 +190,7 @@ class StreamEvent(msgspec.Struct):
     value: float | str
     tags: dict[str, str]
     timestamp: str
+
+
+class PurgeOut(msgspec.Struct):
+    deletedCount: int
