@@ -8,6 +8,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.dashboard_api import DashboardApi
 from collectord.api.errors import error_middleware
 from collectord.api.http_metrics import http_metrics_middleware
+from collectord.api.openapi import OpenApi
 from collectord.api.purge_api import PurgeApi
 from collectord.api.query_api import QueryApi
 from collectord.api.stats_api import KernelDrops, StatsApi
@@ -34,6 +35,7 @@ def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Applic
     app[STREAM_TASKS] = set()
     app.add_routes(StreamApi(pipeline, auth, pipeline.config.streams.heartbeat_interval).routes())
     app.on_shutdown.append(StreamApi.on_shutdown)
+    app.add_routes(OpenApi().routes())
     app.add_routes(DashboardApi().routes())
     app.add_routes(PurgeApi(pipeline, auth).routes())
     return app, stats

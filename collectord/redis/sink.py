@@ -26,8 +26,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from collectord.aggregation.query import Query
 from collectord.redis.health import Health
+from collectord.redis.hooks import Compute, Rows
 from collectord.redis.keys import Keys
-from collectord.redis.query_cache import Compute, QueryCache, Rows, rows_of
+from collectord.redis.query_cache import QueryCache
 from collectord.redis.realtime import RealtimeWriter, merge_local, read_fleet, realtime_document
 from collectord.redis.streams import StreamBridge
 from collectord.sinks.base import Backoff, Flush, SinkStatus
@@ -221,34 +222,3 @@ class RedisSink:
 
     async def answer_query(self, query: Query, compute: Compute) -> tuple[Rows, bool]:
         return await self.cache.answer(query, compute)
-
-
-def redis_of(pipeline: Pipeline) -> RedisSink | None:
-    for sink in pipeline.sinks:
-        if isinstance(sink, RedisSink):
-            return sink
-    return None
-
-
-async def cached_rows(pipeline: Pipeline, query: Query, compute: Compute) -> tuple[Rows, bool]:
-    """The query API's hook: rows from the cache when the range is closed and cached, else
-    computed (and cached when closed). The bool says whether they came from the cache."""
-    link = redis_of(pipeline)
-    if link is None:
-        return await rows_of(compute), False
-    return await link.answer_query(query, compute)
-
-
-async def fleet_realtime(
-    pipeline: Pipeline, tenant: str, name: str, tags: list[tuple[str, str]]
-) -> dict[str, object] | None:
-    """The realtime hook: the fleet's answer from Redis, or None for the in-memory answer."""
-    link = redis_of(pipeline)
-    return None if link is None else await link.realtime_answer(tenant, name, tags)
-
-
-def purged(pipeline: Pipeline, tenant: str) -> None:
-    """Call after a purge (DELETE /api/v1/metrics): the tenant's cached answers are dropped."""
-    link = redis_of(pipeline)
-    if link is not None:
-        link.cache.mark_stale(tenant)
