@@ -31,6 +31,7 @@ from collectord.redis.keys import Keys
 from collectord.redis.query_cache import QueryCache
 from collectord.redis.realtime import RealtimeWriter, merge_local, read_fleet, realtime_document
 from collectord.redis.streams import StreamBridge
+from collectord.selfmetrics import DurationHistogram
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class RedisSink:
             retry=Retry(NoBackoff(), 0),
         )
         self.health = Health()
+        # Exported as collectord_sink_write_duration_seconds{sink="redis"}: one pipeline each.
+        self.write_durations = DurationHistogram()
         self.realtime = RealtimeWriter(self.keys, settings.realtime_ttl, settings.recent_size)
         self.streams = StreamBridge(pipeline.hub, self.keys, self.node, settings.interest_ttl, self.health)
         self.cache = QueryCache(pipeline, self.client, self.keys, self.health, source)
@@ -191,7 +194,8 @@ class RedisSink:
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
+        with self.write_durations.time():
+            replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
                 raise reply

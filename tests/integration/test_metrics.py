@@ -5,11 +5,14 @@ final status; WAL, flush and process metrics are there."""
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.integration.daemon import RunningDaemon
+from tests.integration.daemon import RunningDaemon, start_daemon
+from tests.redis.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +82,32 @@ def test_ingest_wal_flush_and_process(daemon: RunningDaemon) -> None:
     flushes = sample(text, "collectord_flushes_total")
     assert sample(text, "collectord_flush_duration_seconds_count") == flushes
     assert sample(text, "collectord_flush_duration_seconds_bucket", le="+Inf") == flushes
+
+
+def test_a_sink_write_duration_histogram_per_sink(tmp_path: Path) -> None:
+    """The real Redis on 127.0.0.1:6379 under a key prefix of this test's own."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    daemon = start_daemon(
+        tmp_path, f'[redis]\nurl = "{REDIS_URL}"\nkey_prefix = "{prefix}"\nwrite_interval = "200ms"\n'
+    )
+    try:
+        daemon.send_udp(b"sinkmetric.a:1|c\n")
+
+        def written() -> float:
+            _, text = daemon.get("/metrics")
+            return sample(text, "collectord_sink_write_duration_seconds_count", sink="redis")
+
+        assert daemon.wait_for(lambda: written() >= 1)
+        _, text = daemon.get("/metrics")
+        assert sample(text, "collectord_sink_connected", sink="redis") == 1
+        count = sample(text, "collectord_sink_write_duration_seconds_count", sink="redis")
+        assert sample(text, "collectord_sink_write_duration_seconds_bucket", sink="redis", le="+Inf") == count
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
