@@ -102,6 +102,8 @@ class Journal:
         # Extra state kept in every checkpoint (the sinks' high-water marks), read at capture.
         self.extra_state: Callable[[], dict[str, Any]] = dict
         self._on_advance: Callable[[Aggregator, list[FlushRecord]], None] | None = None
+        # The interval fsync running in a worker thread, if any.
+        self._fsyncing: asyncio.Future[None] | None = None
         # Told of every replayed batch (the pipeline's batch taps, with replaying=True).
         self.on_replayed: Callable[[Batch], None] | None = None
 
@@ -324,11 +326,26 @@ class Journal:
     def tick(self) -> None:
         if not self.healthy:
             self.retry()
-        else:
-            try:
-                self.wal.maybe_fsync()
-            except (WalError, OSError) as error:
-                self._trouble(error)
+            return
+        if self._fsyncing is not None:
+            return
+        try:
+            fd = self.wal.take_due_fsync()
+        except (WalError, OSError) as error:
+            self._trouble(error)
+            return
+        if fd is not None:
+            # A slow disk can take hundreds of ms to fsync: never on the event loop, where it
+            # would stall ingest, queries and every stream at once.
+            loop = asyncio.get_running_loop()
+            self._fsyncing = loop.run_in_executor(None, self.wal.fsync_detached, fd)
+            self._fsyncing.add_done_callback(self._fsync_done)
+
+    def _fsync_done(self, done: asyncio.Future[None]) -> None:
+        self._fsyncing = None
+        error = done.exception() if not done.cancelled() else None
+        if error is not None and self.healthy:
+            self._trouble(error)  # type: ignore[arg-type]
 
     def checkpoint(self, aggregator: Aggregator) -> bool:
         """Write the state covering everything logged so far, in this process (at stop); the
