@@ -6,7 +6,7 @@ from aiohttp import web
 
 from collectord.api.auth import Authenticator
 from collectord.api.dashboard_api import DashboardApi
-from collectord.api.errors import error_middleware
+from collectord.api.errors import MAX_BODY_KEY, error_middleware
 from collectord.api.http_metrics import http_metrics_middleware
 from collectord.api.openapi import OpenApi
 from collectord.api.purge_api import PurgeApi
@@ -23,7 +23,7 @@ MAX_BODY = 4 * 1024 * 1024
 def build_app(pipeline: Pipeline, kernel_drops: KernelDrops) -> tuple[web.Application, StatsApi]:
     middlewares = [http_metrics_middleware(pipeline.self_metrics.http), error_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
-    app["max_body"] = MAX_BODY
+    app[MAX_BODY_KEY] = MAX_BODY
     storage = pipeline.config.storage
     app[UNITS] = UnitBook(storage.resolve_data_dir() / "units.json" if storage.wal else None)
     auth = Authenticator(pipeline.config)

@@ -11,6 +11,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from collectord.api.messages import language_of, message
 
+# The body-size limit, for the 413 message.
+MAX_BODY_KEY = web.AppKey("max_body", int)
 log = logging.getLogger("collectord.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,7 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
         return error_response(request, refusal)
     except web.HTTPRequestEntityTooLarge as too_large:
-        limit = request.app.get("max_body", too_large.text)
+        limit = request.app.get(MAX_BODY_KEY, too_large.text)
         return error_response(request, ApiError(413, "body_too_large", max=limit))
     except RequestPayloadError as unreadable:
         # A body that cannot be decoded (corrupt gzip, a broken chunked encoding).
