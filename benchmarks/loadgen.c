@@ -52,7 +52,7 @@ static int make_line(char *buf, uint64_t r) {
     if (strcmp(shape, "gauge") == 0)
         return sprintf(buf, "bench.gauge.%d:%d|g\n", id, value);
     if (strcmp(shape, "dogstatsd") == 0)
-        return sprintf(buf, "bench.dog.%d:%d|ms|#env:prod,region:eu-west-1,service:api\n", id % 1000, value);
+        return sprintf(buf, "bench.dog.%d:%d|ms|#env:prod,region:eu-west-1,service:api\n", id, value);
     return sprintf(buf, "bench.counter.%d:1|c\n", id);
 }
 
