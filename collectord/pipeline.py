@@ -108,12 +108,7 @@ class Pipeline:
             return 0
         if self.journal is not None:
             self.journal.commit_pending()
-        apply = self.aggregator.apply
-        applied = 0
-        for batch in batches:
-            apply(batch)
-            applied += len(batch.samples)
-        return applied
+        return self.aggregator.apply_many(batches)
 
     def advance(self) -> list[FlushRecord]:
         self.catch_up()

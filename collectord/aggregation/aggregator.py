@@ -18,8 +18,11 @@ applied, so replaying a write-ahead log puts every sample back in the same windo
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 from typing import NamedTuple
 
 from collectord.aggregation.cells import Cell
@@ -39,6 +42,15 @@ from collectord.ring import Batch
 LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
 # A sample may be stamped this far in the future (clock skew between hosts).
 FUTURE_TOLERANCE = 60.0
+# Counting repeated counter lines (apply_many) pays off from this many samples in a run of
+# batches, and only while at most this share of them is distinct.
+COLLAPSE_MIN_SAMPLES = 64
+COLLAPSE_MAX_DISTINCT = 0.5
+# Sums of integers are exact (whatever the grouping) while every partial sum stays below 2**53:
+# a counted sample's contribution stays below 2**31 times its repeats (fewer than 2**20), the
+# sums it is added to below 2**51.
+_EXACT_PART = float(1 << 31)
+_EXACT_SUM = float(1 << 51)
 
 
 @dataclass
@@ -117,6 +129,8 @@ class Aggregator:
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
         self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
+        # Distinct sample tuples in the last run apply_many tried to count (see there).
+        self._distinct_seen = 0
 
     # ------------------------------------------------------------------ ingest
 
@@ -194,6 +208,105 @@ class Aggregator:
             series.last_timestamp = received
             applied += 1
         self.counters.samples += applied
+
+    def apply_many(self, batches: list[Batch]) -> int:
+        """Apply batches in order, as apply() one by one would; returns how many samples they held.
+
+        Runs of consecutive batches of one tenant and one open slice whose samples are all
+        integer-valued counters of known series are applied by counting: a line the parser has
+        seen before arrives as the very same tuple, so each distinct tuple is applied once with
+        its number of repeats. Integer sums do not depend on grouping, so the cells end exactly
+        as the one-by-one path (and a replay of the log, batch by batch) leaves them."""
+        slice_len = self.level_seconds[0]
+        open_from = self.rolled_until[0]
+        total = 0
+        i, n = 0, len(batches)
+        while i < n:
+            first = batches[i]
+            start = int(first.received_at // slice_len) * slice_len
+            j = i + 1
+            size = len(first.samples)
+            while j < n:
+                batch = batches[j]
+                if batch.tenant != first.tenant or int(batch.received_at // slice_len) * slice_len != start:
+                    break
+                size += len(batch.samples)
+                j += 1
+            total += size
+            # Counting pays off when the run repeats its tuples: try it only on runs at least
+            # twice as long as the number of distinct tuples the last attempt found.
+            if (
+                j - i == 1
+                or size < COLLAPSE_MIN_SAMPLES
+                or size < 2 * self._distinct_seen
+                or start < open_from
+                or not self._apply_counted(batches[i:j], start, size)
+            ):
+                for batch in batches[i:j]:
+                    self.apply(batch)
+            i = j
+        return total
+
+    def _apply_counted(self, run: list[Batch], slice_start: int, size: int) -> bool:
+        """apply() for a run of batches by counting repeated sample tuples; False (nothing
+        applied) unless every sample qualifies (see apply_many)."""
+        samples = list(chain.from_iterable(batch.samples for batch in run))
+        ids = list(map(id, samples))
+        last_at = dict(zip(ids, range(size), strict=True))  # a tuple's last position wins
+        self._distinct_seen = len(last_at)
+        if len(last_at) > COLLAPSE_MAX_DISTINCT * size:
+            return False
+        tenant = run[0].tenant
+        table = self.table.tenant_table(tenant)
+        by_identity = self._by_identity.setdefault(tenant, {})
+        plan: list[tuple[Series, Cell, float, float, int]] = []
+        for position in sorted(last_at.values()):
+            key, kind, value, weight, ts = samples[position]
+            if kind != KIND_COUNTER or ts is not None:
+                return False
+            hit = by_identity.get(id(key))
+            if hit is not None and hit[0] is key:
+                series = hit[1]
+            else:
+                found = table.get(key)
+                if found is None:
+                    return False  # a new series: admission (and its limits) is apply()'s
+                series = found
+                by_identity[id(key)] = (key, found)
+            cell = series.slice_cell
+            part = value * weight  # type: ignore[operator]
+            if (
+                series.kind != KIND_COUNTER
+                or series.slice_start != slice_start
+                or cell is None
+                or cell.sketch is not None
+                or not (part.is_integer() and weight.is_integer() and -_EXACT_PART < part < _EXACT_PART)
+                or not (-_EXACT_SUM < cell.sum < _EXACT_SUM and -_EXACT_SUM < series.total < _EXACT_SUM)
+                or not cell.count < _EXACT_SUM
+            ):
+                return False
+            plan.append((series, cell, value, weight, position))  # type: ignore[arg-type]
+        repeats = Counter(ids)
+        ends = list(accumulate(len(batch.samples) for batch in run))
+        for series, cell, value, weight, position in plan:
+            times = repeats[id(samples[position])]
+            cell.count += weight * times
+            cell.sum += value * weight * times
+            if value < cell.min:
+                cell.min = value
+            if value > cell.max:
+                cell.max = value
+            cell.last = value
+            series.total += value * weight * times
+            series.last_value = value
+            received = run[bisect_right(ends, position)].received_at
+            series.last_seen = received
+            series.last_timestamp = received
+        latest = max(batch.received_at for batch in run)
+        if latest > self.now:
+            self.now = latest
+        self.counters.samples += size
+        return True
 
     def defer_sketches(self, on: bool) -> None:
         """While on (replaying a log), distribution samples of an open slice wait in a list
