@@ -20,6 +20,7 @@ import math
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,48 +114,51 @@ def member(i: int) -> str:
     return f"m{i % 50}"
 
 
-def series_memory(counts: list[int], types: list[str], samples_each: int = 3) -> None:
-    """RSS growth per active series of each type (fresh aggregator each), with the minute open
-    and once rolled into 1m+5m+1h+1d cells; then the cap: twice the limit offered, memory must
-    stay where the limit put it."""
+def series_memory(counts: list[int], types: list[str]) -> None:
+    """Bytes per active series of each type and count, each in a fresh process (RSS never shrinks,
+    so one measurement would hide the next); then the series cap."""
     for kind_name in types:
-        kind = KINDS[kind_name]
         for count in counts:
-            keys = [(f"mem.{kind_name}.{i // 100}", (("host", f"h{i % 100}"),)) for i in range(count)]
-            gc.collect()
-            before = _rss()
-            agg = Aggregator(Limits(), AggregationSettings(), T0)
-            began = time.process_time()
-            for round_ in range(samples_each):
-                for start in range(0, count, 10_000):
-                    chunk = keys[start : start + 10_000]
-                    samples: list[Sample] = [
-                        (
-                            k,
-                            kind,
-                            member(start + i + round_) if kind == KIND_SET else float(i % 997 + round_),
-                            1.0,
-                            None,
-                        )
-                        for i, k in enumerate(chunk)
-                    ]
-                    agg.apply(Batch("default", samples, T0 + 1))
-            took = time.process_time() - began
-            gc.collect()
-            open_slice = (_rss() - before) / count
-            agg.advance(T0 + 61)
-            gc.collect()
-            rolled = (_rss() - before) / count
-            print(
-                f"series {kind_name:<9} {count:>9,}: {open_slice:6,.0f} B/series open slice, {rolled:6,.0f} B/series"
-                f" rolled into 1m+5m+1h+1d; RSS {_rss() / 2**20:,.0f} MiB;"
-                f" {count * samples_each / took:,.0f} samples/s",
-                flush=True,
+            subprocess.run(
+                [sys.executable, __file__, "series-one", "--types", kind_name, "--series", str(count)], check=True
             )
-            del agg, keys
-            gc.collect()
-    # The cap: max_series = the smallest count; offer 10x as many series.
-    cap = min(counts)
+    series_cap(min(counts))
+
+
+def series_one(count: int, kind_name: str, samples_each: int = 3) -> None:
+    """RSS growth per active series with the minute open, and once rolled into 1m+5m+1h+1d cells.
+    Keys come interned, as the parsers hand them out: 100 hosts under each metric name."""
+    kind = KINDS[kind_name]
+    hosts = [(("host", f"h{i}"),) for i in range(100)]
+    gc.collect()
+    before = _rss()
+    keys = [(f"mem.{kind_name}.{i // 100}", hosts[i % 100]) for i in range(count)]
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    began = time.process_time()
+    for round_ in range(samples_each):
+        for start in range(0, count, 10_000):
+            chunk = keys[start : start + 10_000]
+            samples: list[Sample] = [
+                (k, kind, member(start + i + round_) if kind == KIND_SET else float(i % 997 + round_), 1.0, None)
+                for i, k in enumerate(chunk)
+            ]
+            agg.apply(Batch("default", samples, T0 + 1))
+    took = time.process_time() - began
+    gc.collect()
+    open_slice = (_rss() - before) / count
+    agg.advance(T0 + 61)
+    gc.collect()
+    rolled = (_rss() - before) / count
+    print(
+        f"series {kind_name:<9} {count:>9,}: {open_slice:6,.0f} B/series open slice, {rolled:6,.0f} B/series"
+        f" rolled into 1m+5m+1h+1d; process RSS {_rss() / 2**20:,.0f} MiB;"
+        f" {count * samples_each / took:,.0f} samples/s",
+        flush=True,
+    )
+
+
+def series_cap(cap: int) -> None:
+    """max_series = cap, ten times as many series offered: memory stays where the cap put it."""
     gc.collect()
     before = _rss()
     agg = Aggregator(Limits(max_series=cap), AggregationSettings(), T0)
@@ -170,8 +174,9 @@ def series_memory(counts: list[int], types: list[str], samples_each: int = 3) ->
 
 
 def daemon_rss(series: int = 1_000_000) -> None:
-    """The daemon process's RSS once `series` counter series exist (sent over UDP, each name once
-    or more), and again after a second pass of the same series (memory must not grow)."""
+    """The daemon process's RSS with `series` counter series (100 hosts under each metric name,
+    sent over TCP, every series once per pass): after the first pass (the minute open), after a
+    second pass, and once the minute has closed and rolled into 1m+5m+1h+1d cells."""
     from benchmarks.ingest import loadgen
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,21 +187,26 @@ def daemon_rss(series: int = 1_000_000) -> None:
                 status = Path(f"/proc/{daemon.process.pid}/status").read_text()
                 return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
 
+            def report(label: str) -> None:
+                stats = daemon.stats()
+                print(
+                    f"daemon-rss {label}: {stats['aggregation']['series']:,} series, RSS {rss() / 2**20:,.0f} MiB"
+                    f" (idle {idle / 2**20:,.0f} MiB), {(rss() - idle) / series:,.0f} B/series",
+                    flush=True,
+                )
+
             idle = rss()
             for rounds in (1, 2):
                 loadgen(
                     "--proto", "tcp", "--port", str(daemon.statsd), "--connections", "4", "--total",
-                    str(series), "--seconds", "600", "--shape", "counter", "--sequential", "1",
+                    str(series), "--seconds", "600", "--shape", "tagged", "--sequential", "1",
                     "--series", str(series), "--lines-per-packet", "25",
                 )  # fmt: skip
                 daemon.wait_for(lambda r=rounds: daemon.stats()["accepted"] >= r * series, timeout=600)
-                stats = daemon.stats()
-                print(
-                    f"daemon-rss pass {rounds}: {stats['aggregation']['series']:,} series,"
-                    f" RSS {rss() / 2**20:,.0f} MiB (idle {idle / 2**20:,.0f} MiB),"
-                    f" {(rss() - idle) / series:,.0f} B/series",
-                    flush=True,
-                )
+                report(f"pass {rounds}, minute open")
+            time.sleep(62 - time.time() % 60)  # the minute closes; the next tick rolls it up
+            time.sleep(12)
+            report("minute rolled up")
         finally:
             daemon.stop()
 
@@ -349,7 +359,9 @@ max_tag_values_per_key = 1000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cost", "memory", "series", "daemon-rss", "accuracy", "query", "all"])
+    parser.add_argument(
+        "what", choices=["cost", "memory", "series", "series-one", "daemon-rss", "accuracy", "query", "all"]
+    )
     parser.add_argument("--series", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--types", nargs="*", default=list(KINDS), choices=list(KINDS))
     args = parser.parse_args()
@@ -359,6 +371,8 @@ def main() -> None:
         memory()
     if args.what in ("series", "all"):
         series_memory(args.series, args.types)
+    if args.what == "series-one":
+        series_one(args.series[0], args.types[0])
     if args.what in ("daemon-rss", "all"):
         daemon_rss(max(args.series))
     if args.what in ("accuracy", "all"):

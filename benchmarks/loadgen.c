@@ -4,7 +4,7 @@
  * JSON so the harness can compare it with what the daemon counted.
  *
  *   loadgen --proto udp|tcp --port N [--rate LINES_PER_S] [--seconds S] [--lines-per-packet N]
- *           [--series N] [--shape counter|timer|gauge|dogstatsd] [--connections N] [--total N]
+ *           [--series N] [--shape counter|timer|gauge|dogstatsd|tagged] [--connections N] [--total N]
  *           [--sequential 1]   (series ids in turn rather than random: every series once per pass)
  *
  * Built by benchmarks/ingest.py with the machine's cc.
@@ -53,6 +53,8 @@ static int make_line(char *buf, int id, int value) {
         return sprintf(buf, "bench.gauge.%d:%d|g\n", id, value);
     if (strcmp(shape, "dogstatsd") == 0)
         return sprintf(buf, "bench.dog.%d:%d|ms|#env:prod,region:eu-west-1,service:api\n", id, value);
+    if (strcmp(shape, "tagged") == 0) /* 100 hosts under each name: series that share names */
+        return sprintf(buf, "bench.tagged.%d:1|c|#host:h%d\n", id / 100, id % 100);
     return sprintf(buf, "bench.counter.%d:1|c\n", id);
 }
 

@@ -568,7 +568,8 @@ def search(daemon: Daemon, shape: Shape, guess: float, steps: int, seconds: floa
                 result.note = "sender-limited"
                 break
         else:
-            failing = min(failing, rate)
+            # What the sender managed is the rate that lost (it falls short under load).
+            failing = min(failing, t.send_rate)
         if failing >= RATE_CAP:
             rate = rate * 2
         elif passing == 0.0:

@@ -42,6 +42,9 @@ from collectord.ring import Batch
 LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
 # A sample may be stamped this far in the future (clock skew between hosts).
 FUTURE_TOLERANCE = 60.0
+# Period-start ints shared between series before the cache starts over (periods in retention:
+# 360 1m + 576 5m + 336 1h + 90 1d, plus slices and late data).
+MAX_SHARED_PERIODS = 4096
 # Counting repeated counter lines (apply_many) pays off from this many samples in a run of
 # batches, and only while at most this share of them is distinct.
 COLLAPSE_MIN_SAMPLES = 64
@@ -129,6 +132,8 @@ class Aggregator:
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
         self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
+        # Period starts as shared int objects (see _period).
+        self._periods: dict[int, int] = {}
         # Distinct sample tuples in the last run apply_many tried to count (see there).
         self._distinct_seen = 0
 
@@ -399,6 +404,7 @@ class Aggregator:
     def _slice_cell(self, series: Series, start: int) -> Cell:
         cell = series.levels[0].get(start)
         if cell is None:
+            start = self._period(start)
             cell = series.writable(0)[start] = series.new_cell()
             self._pending[0][series] = None
         if start >= series.slice_start:
@@ -409,10 +415,20 @@ class Aggregator:
     def _cell(self, series: Series, level: int, start: int) -> Cell:
         cell = series.levels[level].get(start)
         if cell is None:
+            start = self._period(start)
             cell = series.writable(level)[start] = series.new_cell()
             if level + 1 < LEVEL_COUNT:
                 self._pending[level][series] = None
         return cell
+
+    def _period(self, start: int) -> int:
+        """One int object per period start, shared by every series' cell dict (32 bytes each
+        otherwise, per cell); forgotten once retention has passed it."""
+        shared = self._periods.setdefault(start, start)
+        if len(self._periods) > MAX_SHARED_PERIODS:
+            self._periods.clear()
+            self._periods[start] = start
+        return shared
 
     def _reject(self, reason: str) -> None:
         rejected = self.counters.rejected
@@ -472,6 +488,8 @@ class Aggregator:
                     series.slice_start = -1
                 if cells:
                     still_pending[series] = None
+                else:
+                    series.release(0)
             elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
                 still_pending[series] = None
         self._pending[level] = still_pending
