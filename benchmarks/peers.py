@@ -178,6 +178,7 @@ class GraphiteReceiver:
         self.select = select
         self.total = 0.0
         self.lines = 0
+        self.last_arrival = 0.0  # time.monotonic() of the newest line
         self.lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.server.getsockname()[1])
@@ -205,6 +206,7 @@ class GraphiteReceiver:
                 with self.lock:
                     self.total += picked
                     self.lines += len(lines)
+                    self.last_arrival = time.monotonic()
 
     def counted(self) -> float:
         with self.lock:
@@ -261,14 +263,28 @@ class Daemon:
         raise NotImplementedError
 
     def settle(self) -> float | None:
-        """The daemon's own count once it has caught up (peers: after their flushes)."""
-        last = self.counted()
-        while True:
-            time.sleep(FLUSH_SECONDS + 1.5 if self.flushes else 0.5)
-            now = self.counted()
-            if now == last:
-                return now
-            last = now
+        """The daemon's own count once it has caught up. Callers have waited for the socket's
+        queue to drain, so for a peer the first flush that starts after now holds every line:
+        wait for its lines to arrive, then for one quiet second."""
+        receiver = self.receiver()
+        if receiver is None:
+            last = self.counted()
+            while True:
+                time.sleep(0.5)
+                now = self.counted()
+                if now == last:
+                    return now
+                last = now
+        began = time.monotonic()
+        deadline = began + 3 * FLUSH_SECONDS
+        while time.monotonic() < deadline and (
+            receiver.last_arrival <= began + 0.5 or time.monotonic() - receiver.last_arrival < 1.0
+        ):
+            time.sleep(0.1)
+        return self.counted()
+
+    def receiver(self) -> GraphiteReceiver | None:
+        return None
 
 
 class Collectord(Daemon):
@@ -308,12 +324,12 @@ class EtsyStatsd(Daemon):
         self.name = name
         self.buffer = buffer
         self.process: subprocess.Popen[bytes] | None = None
-        self.receiver: GraphiteReceiver | None = None
+        self.graphite: GraphiteReceiver | None = None
         self.port = 0
 
     def start(self, workdir: Path) -> None:
         # Its own count of metric lines received, flushed every interval as a counter.
-        self.receiver = GraphiteReceiver(lambda name: name == b"stats.counters.statsd.metrics_received.count")
+        self.graphite = GraphiteReceiver(lambda name: name == b"stats.counters.statsd.metrics_received.count")
         self.port = free_port()
         config = workdir / "etsy.js"
         config.write_text(
@@ -327,7 +343,7 @@ class EtsyStatsd(Daemon):
                     "deleteIdleStats": True,
                     "backends": ["./backends/graphite"],
                     "graphiteHost": "127.0.0.1",
-                    "graphitePort": self.receiver.port,
+                    "graphitePort": self.graphite.port,
                     "graphite": {"legacyNamespace": False},
                 }
             )
@@ -345,16 +361,19 @@ class EtsyStatsd(Daemon):
             self.process.terminate()
             self.process.wait(timeout=20)
             self.process = None
-        if self.receiver is not None:
-            self.receiver.close()
+        if self.graphite is not None:
+            self.graphite.close()
 
     @property
     def udp_port(self) -> int:
         return self.port
 
     def counted(self) -> float:
-        assert self.receiver is not None
-        return self.receiver.counted()
+        assert self.graphite is not None
+        return self.graphite.counted()
+
+    def receiver(self) -> GraphiteReceiver | None:
+        return self.graphite
 
 
 class Collectd(Daemon):
@@ -364,7 +383,7 @@ class Collectd(Daemon):
         self.name = name
         self.buffer = buffer
         self.process: subprocess.Popen[bytes] | None = None
-        self.receiver: GraphiteReceiver | None = None
+        self.graphite: GraphiteReceiver | None = None
         self.port = 0
         self.kind = ""
 
@@ -376,7 +395,7 @@ class Collectd(Daemon):
 
     def start(self, workdir: Path) -> None:
         # CounterSum: a `count-<name>` value per interval; TimerCount: `gauge-<name>-count`.
-        self.receiver = GraphiteReceiver(
+        self.graphite = GraphiteReceiver(
             lambda name: (
                 name.startswith(b"bench.statsd.count-")
                 or (name.startswith(b"bench.statsd.gauge-") and name.endswith(b"-count"))
@@ -406,7 +425,7 @@ LoadPlugin statsd
 <Plugin write_graphite>
   <Node "bench">
     Host "127.0.0.1"
-    Port "{self.receiver.port}"
+    Port "{self.graphite.port}"
     Protocol "tcp"
     StoreRates false
   </Node>
@@ -424,16 +443,19 @@ LoadPlugin statsd
             self.process.terminate()
             self.process.wait(timeout=20)
             self.process = None
-        if self.receiver is not None:
-            self.receiver.close()
+        if self.graphite is not None:
+            self.graphite.close()
 
     @property
     def udp_port(self) -> int:
         return self.port
 
     def counted(self) -> float | None:
-        assert self.receiver is not None
-        return self.receiver.counted()
+        assert self.graphite is not None
+        return self.graphite.counted()
+
+    def receiver(self) -> GraphiteReceiver | None:
+        return self.graphite
 
 
 def wait_bound(port: int, process: subprocess.Popen[bytes], limit: float = 20.0) -> None:
