@@ -46,9 +46,10 @@ FUTURE_TOLERANCE = 60.0
 # 360 1m + 576 5m + 336 1h + 90 1d, plus slices and late data).
 MAX_SHARED_PERIODS = 4096
 # Counting repeated counter lines (apply_many) pays off from this many samples in a run of
-# batches, and only while at most this share of them is distinct.
+# batches, and only when each distinct tuple repeats this often on average (measured: break-even
+# near 6 repeats, 1.5x faster at 25).
 COLLAPSE_MIN_SAMPLES = 64
-COLLAPSE_MAX_DISTINCT = 0.5
+COLLAPSE_MIN_REPEATS = 8
 # Sums of integers are exact (whatever the grouping) while every partial sum stays below 2**53:
 # a counted sample's contribution stays below 2**31 times its repeats (fewer than 2**20), the
 # sums it is added to below 2**51.
@@ -238,12 +239,12 @@ class Aggregator:
                 size += len(batch.samples)
                 j += 1
             total += size
-            # Counting pays off when the run repeats its tuples: try it only on runs at least
-            # twice as long as the number of distinct tuples the last attempt found.
+            # Counting pays off when the run repeats its tuples: try it only on runs long enough
+            # to repeat the number of distinct tuples the last attempt found often enough.
             if (
                 j - i == 1
                 or size < COLLAPSE_MIN_SAMPLES
-                or size < 2 * self._distinct_seen
+                or size < COLLAPSE_MIN_REPEATS * self._distinct_seen
                 or start < open_from
                 or not self._apply_counted(batches[i:j], start, size)
             ):
@@ -259,7 +260,7 @@ class Aggregator:
         ids = list(map(id, samples))
         last_at = dict(zip(ids, range(size), strict=True))  # a tuple's last position wins
         self._distinct_seen = len(last_at)
-        if len(last_at) > COLLAPSE_MAX_DISTINCT * size:
+        if len(last_at) * COLLAPSE_MIN_REPEATS > size:
             return False
         tenant = run[0].tenant
         table = self.table.tenant_table(tenant)
