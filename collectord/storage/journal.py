@@ -41,6 +41,9 @@ PROBE_EVERY = 0.5
 # Appended source batches are committed within this long (or before they are applied, whichever
 # comes first): the bound on what kill -9 can lose.
 COMMIT_WITHIN = 0.002
+# How long an appended source batch waits for others to share its write: a quarter of the
+# bound, so a late timer still commits within it (at most 2,000 writes a second).
+COMMIT_DELAY = COMMIT_WITHIN / 4
 PROBE_BYTES = 64 * 1024
 
 
@@ -192,9 +195,9 @@ class Journal:
 
     def accept(self, batch: Batch) -> None:
         """The ring's hook: a source's batch was accepted. It is appended at once and
-        committed within COMMIT_WITHIN (or before anything is applied, whichever comes
-        first), so what kill -9 can lose is that long's reads; one write then carries every
-        datagram of those 2 ms, not one loop iteration's (often a single datagram).
+        committed COMMIT_DELAY later (or before anything is applied, or at once when the
+        oldest pending batch is COMMIT_WITHIN old), so one write carries every datagram of
+        0.5 ms rather than of one loop iteration (often a single datagram).
         Sources' batches are never refused (nobody acknowledged them); during disk trouble
         they are skipped and the checkpoint taken once the disk is back covers them."""
         if not self.healthy:
@@ -216,7 +219,7 @@ class Journal:
                 self.commit_pending()
                 return
             self._commit_scheduled = True
-            loop.call_later(COMMIT_WITHIN, self.commit_pending)
+            loop.call_later(COMMIT_DELAY, self.commit_pending)
 
     def commit_pending(self) -> None:
         """Commit what sources appended; called before any batch is applied."""
