@@ -25,6 +25,9 @@ from collectord.sinks.factory import build_sinks
 from collectord.sources.tcp import TcpSettings, TcpSource
 from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
 
+# Longest wait between drains of the ring into aggregation (queries drain it themselves).
+APPLY_INTERVAL = 0.005
+
 log = logging.getLogger("collectord")
 
 TICK_SECONDS = 0.25
@@ -121,8 +124,9 @@ class Daemon:
         while True:
             await ring.wait_for_data()
             self.pipeline.catch_up()
-            # Let the sources read more before the next drain: batches grow under load.
-            await asyncio.sleep(0)
+            # Let the sources read for a few ms before the next drain: a drain that holds
+            # several lines per series applies repeated counter lines once (apply_many).
+            await asyncio.sleep(APPLY_INTERVAL)
 
     async def _tick(self) -> None:
         since_log = 0.0

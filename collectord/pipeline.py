@@ -179,11 +179,7 @@ class Pipeline:
             return 0
         if self.journal is not None:
             self.journal.commit_pending()
-        apply = self.aggregator.apply
-        applied = 0
-        for batch in batches:
-            apply(batch)
-            applied += len(batch.samples)
+        applied = self.aggregator.apply_many(batches)
         for tap in self.batch_taps:
             for batch in batches:
                 tap(batch, False)

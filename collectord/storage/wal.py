@@ -383,6 +383,11 @@ class WriteAheadLog:
         return buf
 
     @property
+    def has_pending(self) -> bool:
+        """Whether anything is buffered (the hot path's cheap form of `pending`)."""
+        return bool(self._chunks)
+
+    @property
     def pending(self) -> int:
         """Bytes buffered and not yet committed (segment headers included)."""
         return sum(len(chunk) for _, chunk in self._chunks)
