@@ -321,6 +321,47 @@ class Collectord(Daemon):
         return float(stats["accepted"] - stats["dropped"])
 
 
+class CollectordAllSinks(Collectord):
+    """collectord with every sink on: PostgreSQL (a database of its own, dropped at stop),
+    InfluxDB (the VictoriaMetrics scripts/services runs on 127.0.0.1:8428) and Redis (its own
+    key prefix), each at its default settings. Issue 9 asks its zero-loss rate to stay within
+    25% of collectord with no sinks."""
+
+    def __init__(self) -> None:
+        super().__init__("collectord-all")
+        self.database = ""
+
+    def start(self, workdir: Path) -> None:
+        self.database = f"bench_{os.getpid()}_{time.monotonic_ns()}"
+        _psql(f'CREATE DATABASE "{self.database}"')
+        self.extra = f"""
+[postgres]
+dsn = "postgresql://postgres@127.0.0.1:5432/{self.database}"
+[influx]
+url = "http://127.0.0.1:8428"
+org = "bench"
+bucket = "bench"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+key_prefix = "{self.database}:"
+"""
+        super().start(workdir)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.database:
+            _psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            self.database = ""
+
+
+def _psql(statement: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", statement],
+        check=True,
+        capture_output=True,
+    )
+
+
 class EtsyStatsd(Daemon):
     flushes = True
 
@@ -472,6 +513,7 @@ def wait_bound(port: int, process: subprocess.Popen[bytes], limit: float = 20.0)
 
 DAEMONS: dict[str, Callable[[], Daemon]] = {
     "collectord": lambda: Collectord(),
+    "collectord-all": CollectordAllSinks,
     "etsy-default": lambda: EtsyStatsd("etsy-default", None),
     "etsy-32m": lambda: EtsyStatsd("etsy-32m", BUFFER_32M),
     "collectd-32m": lambda: Collectd("collectd-32m", BUFFER_32M),

@@ -1,9 +1,9 @@
 """The HTTP side port under load: record and batch latency, stream delivery latency with many clients.
 
-.venv/bin/python benchmarks/http.py record     # single record and 500-metric batch latency, durable acks
-.venv/bin/python benchmarks/http.py streams    # SSE and WebSocket delivery latency, 200 concurrent clients
-.venv/bin/python benchmarks/http.py clients    # how many stream clients one daemon holds, and their cost
-.venv/bin/python benchmarks/http.py all
+.venv/bin/python benchmarks/http_api.py record     # single record and 500-metric batch latency, durable acks
+.venv/bin/python benchmarks/http_api.py streams    # SSE and WebSocket delivery latency, 200 concurrent clients
+.venv/bin/python benchmarks/http_api.py clients    # how many stream clients one daemon holds, and their cost
+.venv/bin/python benchmarks/http_api.py all
 
 Latencies are measured by the client, over real sockets, against the daemon as a subprocess on
 the same machine (so the client's own work is included: the numbers are upper bounds).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named http.py: its directory must not shadow the standard library's http.
+# This file is named http_api.py: its directory must not shadow the standard library's http.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 ROOT = HERE.parent
