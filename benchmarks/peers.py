@@ -343,7 +343,7 @@ org = "bench"
 bucket = "bench"
 [redis]
 url = "redis://127.0.0.1:6379/0"
-key_prefix = "{self.database}:"
+key_prefix = "{self.database}"
 """
         super().start(workdir)
 
