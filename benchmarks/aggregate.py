@@ -2,6 +2,9 @@
 
 .venv/bin/python benchmarks/aggregate.py cost        # samples/s into the aggregation, one core
 .venv/bin/python benchmarks/aggregate.py memory      # bytes per active series (100,000 series)
+.venv/bin/python benchmarks/aggregate.py series [--series 100000 1000000] [--types counter gauge ...]
+                                                   # bytes per active series by type, and the series cap
+.venv/bin/python benchmarks/aggregate.py daemon-rss  # the daemon's RSS with 1,000,000 series over UDP
 .venv/bin/python benchmarks/aggregate.py accuracy    # 1,000,000 skewed samples, every granularity and merge
 .venv/bin/python benchmarks/aggregate.py query       # latency over real HTTP against the running daemon
 .venv/bin/python benchmarks/aggregate.py all
@@ -17,6 +20,7 @@ import math
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +105,121 @@ def memory(series: int = 100_000, samples_each: int = 20) -> None:
         f"{open_slice:,.0f} B/series with the open slice, {after_rollup:,.0f} B/series after the minute rolled "
         f"into 1m+5m+1h+1d cells (accounting says {agg.memory_bytes() / series:,.0f})"
     )
+
+
+KINDS = {"counter": KIND_COUNTER, "gauge": KIND_GAUGE, "histogram": KIND_HISTOGRAM, "set": KIND_SET}
+
+
+def member(i: int) -> str:
+    return f"m{i % 50}"
+
+
+def series_memory(counts: list[int], types: list[str]) -> None:
+    """Bytes per active series of each type and count, each in a fresh process (RSS never shrinks,
+    so one measurement would hide the next); then the series cap."""
+    for kind_name in types:
+        for count in counts:
+            subprocess.run(
+                [sys.executable, __file__, "series-one", "--types", kind_name, "--series", str(count)], check=True
+            )
+    series_cap(min(counts))
+
+
+def series_one(count: int, kind_name: str, samples_each: int = 3) -> None:
+    """RSS growth per active series with the minute open, and once rolled into 1m+5m+1h+1d cells.
+    Keys come interned, as the parsers hand them out: 100 hosts under each metric name."""
+    kind = KINDS[kind_name]
+    hosts = [(("host", f"h{i}"),) for i in range(100)]
+    gc.collect()
+    before = _rss()
+    keys = [(f"mem.{kind_name}.{i // 100}", hosts[i % 100]) for i in range(count)]
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    began = time.process_time()
+    for round_ in range(samples_each):
+        for start in range(0, count, 10_000):
+            chunk = keys[start : start + 10_000]
+            samples: list[Sample] = [
+                (k, kind, member(start + i + round_) if kind == KIND_SET else float(i % 997 + round_), 1.0, None)
+                for i, k in enumerate(chunk)
+            ]
+            agg.apply(Batch("default", samples, T0 + 1))
+    took = time.process_time() - began
+    gc.collect()
+    open_slice = (_rss() - before) / count
+    agg.advance(T0 + 61)
+    gc.collect()
+    rolled = (_rss() - before) / count
+    print(
+        f"series {kind_name:<9} {count:>9,}: {open_slice:6,.0f} B/series open slice, {rolled:6,.0f} B/series"
+        f" rolled into 1m+5m+1h+1d; process RSS {_rss() / 2**20:,.0f} MiB;"
+        f" {count * samples_each / took:,.0f} samples/s",
+        flush=True,
+    )
+
+
+def series_cap(cap: int) -> None:
+    """max_series = cap, ten times as many series offered: memory stays where the cap put it."""
+    gc.collect()
+    before = _rss()
+    agg = Aggregator(Limits(max_series=cap), AggregationSettings(), T0)
+    for step in range(10):
+        keys = [(f"cap.c.{(step * cap + i) // 100}", (("host", f"h{i % 100}"),)) for i in range(cap)]
+        agg.apply(Batch("default", [(k, KIND_COUNTER, 1.0, 1.0, None) for k in keys], T0 + 1))
+        gc.collect()
+        print(
+            f"cap {cap:,}: offered {(step + 1) * cap:>10,} series, active {agg.table.count:>9,},"
+            f" RSS growth {(_rss() - before) / 2**20:7,.1f} MiB, rejected {dict(agg.counters.rejected)}",
+            flush=True,
+        )
+
+
+def daemon_rss(series: int = 1_000_000) -> None:
+    """The daemon process's RSS with `series` counter series (100 hosts under each metric name,
+    sent over TCP, every series once per pass): after the first pass (the minute open), after a
+    second pass, and once the minute has closed and rolled into 1m+5m+1h+1d cells."""
+    from benchmarks.ingest import loadgen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = start_daemon(Path(tmp), "[limits]\nmax_series = 2000000\n")
+        try:
+
+            def rss() -> int:
+                status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+                return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
+
+            def report(label: str) -> None:
+                stats = daemon.stats()
+                print(
+                    f"daemon-rss {label}: {stats['aggregation']['series']:,} series, RSS {rss() / 2**20:,.0f} MiB"
+                    f" (idle {idle / 2**20:,.0f} MiB), {(rss() - idle) / series:,.0f} B/series",
+                    flush=True,
+                )
+
+            idle = rss()
+            for rounds in (1, 2):
+                loadgen(
+                    "--proto", "tcp", "--port", str(daemon.statsd), "--connections", "4", "--total",
+                    str(series), "--seconds", "600", "--shape", "tagged", "--sequential", "1",
+                    "--series", str(series), "--lines-per-packet", "25",
+                )  # fmt: skip
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    try:
+                        # Creating a million series holds the loop for seconds: a poll may time out.
+                        if daemon.stats()["aggregation"]["samples"] >= rounds * series:
+                            break
+                    except OSError:
+                        pass
+                    time.sleep(1)
+                report(f"pass {rounds}, minute open")
+            time.sleep(62 - time.time() % 60)  # the minute closes; the next tick rolls it up
+            time.sleep(12)
+            report("minute rolled up")
+        finally:
+            try:
+                daemon.stop(timeout=300)  # the final checkpoint of a million series takes a while
+            except subprocess.TimeoutExpired:
+                daemon.kill()
 
 
 def accuracy(n: int = 1_000_000) -> None:
@@ -251,12 +370,22 @@ max_tag_values_per_key = 1000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cost", "memory", "accuracy", "query", "all"])
+    parser.add_argument(
+        "what", choices=["cost", "memory", "series", "series-one", "daemon-rss", "accuracy", "query", "all"]
+    )
+    parser.add_argument("--series", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--types", nargs="*", default=list(KINDS), choices=list(KINDS))
     args = parser.parse_args()
     if args.what in ("cost", "all"):
         cost()
     if args.what in ("memory", "all"):
         memory()
+    if args.what in ("series", "all"):
+        series_memory(args.series, args.types)
+    if args.what == "series-one":
+        series_one(args.series[0], args.types[0])
+    if args.what in ("daemon-rss", "all"):
+        daemon_rss(max(args.series))
     if args.what in ("accuracy", "all"):
         accuracy()
     if args.what in ("query", "all"):

@@ -4,7 +4,8 @@
  * JSON so the harness can compare it with what the daemon counted.
  *
  *   loadgen --proto udp|tcp --port N [--rate LINES_PER_S] [--seconds S] [--lines-per-packet N]
- *           [--series N] [--shape counter|timer|gauge|dogstatsd] [--connections N] [--total N]
+ *           [--series N] [--shape counter|timer|gauge|dogstatsd|tagged] [--connections N] [--total N]
+ *           [--sequential 1]   (series ids in turn rather than random: every series once per pass)
  *
  * Built by benchmarks/ingest.py with the machine's cc.
  */
@@ -28,6 +29,7 @@ static const char *proto = "udp", *shape = "counter";
 static int port = 8125, lines_per_packet = 25, series = 1000, connections = 1;
 static double rate = 0, seconds = 10;
 static long long total_limit = 0;
+static int sequential = 0; /* series ids in order (each series once per pass), not random */
 
 static double now(void) {
     struct timespec ts;
@@ -44,26 +46,27 @@ static uint64_t next_rand(void) {
 }
 
 /* One line of the chosen shape into buf; returns its length (newline included). */
-static int make_line(char *buf, uint64_t r) {
-    int id = (int)(r % (uint64_t)series);
-    int value = (int)((r >> 20) % 1000);
+static int make_line(char *buf, int id, int value) {
     if (strcmp(shape, "timer") == 0)
         return sprintf(buf, "bench.timer.%d:%d|ms\n", id, value);
     if (strcmp(shape, "gauge") == 0)
         return sprintf(buf, "bench.gauge.%d:%d|g\n", id, value);
     if (strcmp(shape, "dogstatsd") == 0)
-        return sprintf(buf, "bench.dog.%d:%d|ms|#env:prod,region:eu-west-1,service:api\n", id % 1000, value);
+        return sprintf(buf, "bench.dog.%d:%d|ms|#env:prod,region:eu-west-1,service:api\n", id, value);
+    if (strcmp(shape, "tagged") == 0) /* 100 hosts under each name: series that share names */
+        return sprintf(buf, "bench.tagged.%d:1|c|#host:h%d\n", id / 100, id % 100);
     return sprintf(buf, "bench.counter.%d:1|c\n", id);
 }
 
 /* Build a packet of lines_per_packet lines; returns its length (no trailing newline). */
-static int make_packet(char *buf, uint64_t *state) {
+static int make_packet(char *buf, uint64_t *state, uint64_t *seq) {
     int len = 0;
     for (int i = 0; i < lines_per_packet; i++) {
         rng_state = *state;
         uint64_t r = next_rand();
         *state = rng_state;
-        len += make_line(buf + len, r);
+        int id = sequential ? (int)((*seq)++ % (uint64_t)series) : (int)(r % (uint64_t)series);
+        len += make_line(buf + len, id, (int)((r >> 20) % 1000));
     }
     return len - 1;
 }
@@ -96,6 +99,7 @@ static void *run_worker(void *arg) {
     struct mmsghdr msgs[BURST];
     struct iovec iov[BURST];
     uint64_t state = 88172645463325252ULL + (uint64_t)w->index * 7919;
+    uint64_t seq = (uint64_t)w->index * (uint64_t)(series / connections);
     double start = now();
     while (now() < deadline) {
         if (w->quota > 0 && w->lines_sent >= w->quota) break;
@@ -116,7 +120,7 @@ static void *run_worker(void *arg) {
             if (left < burst) burst = (int)left;
         }
         for (int i = 0; i < burst; i++) {
-            int len = make_packet(packets[i], &state);
+            int len = make_packet(packets[i], &state, &seq);
             if (!udp) packets[i][len++] = '\n';
             iov[i].iov_base = packets[i];
             iov[i].iov_len = (size_t)len;
@@ -168,6 +172,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--shape")) shape = v;
         else if (!strcmp(k, "--connections")) connections = atoi(v);
         else if (!strcmp(k, "--total")) total_limit = atoll(v);
+        else if (!strcmp(k, "--sequential")) sequential = atoi(v);
         else { fprintf(stderr, "unknown option %s\n", k); return 2; }
     }
     if (connections < 1 || lines_per_packet < 1 || lines_per_packet > 800 || series < 1) return 2;

@@ -52,7 +52,7 @@ def _run(path: str | None) -> int:
         return _config_error(err)
     from collectord.daemon import run  # the daemon pulls in uvloop and aiohttp: only for `run`
 
-    return run(config)
+    return run(config, path)
 
 
 def _init(path: str | None, *, force: bool) -> int:

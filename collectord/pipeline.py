@@ -22,6 +22,7 @@ from collectord.protocols.line import LineParser
 from collectord.protocols.parse_stats import ParseStats
 from collectord.protocols.statsd import StatsdParser
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_PURGE, Batch, Ring
+from collectord.selfmetrics import SelfMetrics
 from collectord.sinks.base import Flush, Sink
 from collectord.sinks.postgres.purge import purge_memory
 from collectord.storage.journal import Journal
@@ -82,6 +83,10 @@ class Pipeline:
         self.aggregator = self.new_aggregator()
         self.sources: dict[str, SourceCounters] = {}
         self.flush = FlushStats()
+        self.self_metrics = SelfMetrics()
+        # Called with (old, new) Config after a SIGHUP reload applied `new`; may be async.
+        # Sinks and APIs register here to pick up their settings (collectord/reload.py).
+        self.reload_hooks: list[Callable[[Config, Config], object]] = []
         # Told of every flush; their high-water marks ride in every checkpoint.
         self.sinks: list[Sink] = []
         # Applied samples go to stream followers (a flag check when there are none).
@@ -204,11 +209,7 @@ class Pipeline:
             return 0
         if self.journal is not None:
             self.journal.commit_pending()
-        apply = self.aggregator.apply
-        applied = 0
-        for batch in batches:
-            apply(batch)
-            applied += len(batch.samples)
+        applied = self.aggregator.apply_many(batches)
         for tap in self.batch_taps:
             for batch in batches:
                 tap(batch, False)
@@ -228,5 +229,6 @@ class Pipeline:
             flush.last_records = len(view)
             flush.last_duration_s = took
             flush.total_duration_s += took
+            self.self_metrics.flush_durations.observe(took)
         self._offer(self.aggregator, view)
         return view

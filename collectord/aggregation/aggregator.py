@@ -18,8 +18,11 @@ applied, so replaying a write-ahead log puts every sample back in the same windo
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 from typing import NamedTuple
 
 from collectord.aggregation.cells import Cell
@@ -39,6 +42,19 @@ from collectord.ring import Batch
 LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
 # A sample may be stamped this far in the future (clock skew between hosts).
 FUTURE_TOLERANCE = 60.0
+# Period-start ints shared between series before the cache starts over (periods in retention:
+# 360 1m + 576 5m + 336 1h + 90 1d, plus slices and late data).
+MAX_SHARED_PERIODS = 4096
+# Counting repeated counter lines (apply_many) pays off from this many samples in a run of
+# batches, and only when each distinct tuple repeats this often on average (measured: break-even
+# near 6 repeats, 1.5x faster at 25).
+COLLAPSE_MIN_SAMPLES = 64
+COLLAPSE_MIN_REPEATS = 8
+# Sums of integers are exact (whatever the grouping) while every partial sum stays below 2**53:
+# a counted sample's contribution stays below 2**31 times its repeats (fewer than 2**20), the
+# sums it is added to below 2**51.
+_EXACT_PART = float(1 << 31)
+_EXACT_SUM = float(1 << 51)
 
 
 @dataclass
@@ -120,6 +136,10 @@ class Aggregator:
         # Series that took samples in windows already rolled up, with the earliest such time:
         # the flush view does not show those, and sinks must rewrite the windows.
         self.touched: dict[Series, float] = {}
+        # Period starts as shared int objects (see _period).
+        self._periods: dict[int, int] = {}
+        # Distinct sample tuples in the last run apply_many tried to count (see there).
+        self._distinct_seen = 0
 
     # ------------------------------------------------------------------ ingest
 
@@ -197,6 +217,105 @@ class Aggregator:
             series.last_timestamp = received
             applied += 1
         self.counters.samples += applied
+
+    def apply_many(self, batches: list[Batch]) -> int:
+        """Apply batches in order, as apply() one by one would; returns how many samples they held.
+
+        Runs of consecutive batches of one tenant and one open slice whose samples are all
+        integer-valued counters of known series are applied by counting: a line the parser has
+        seen before arrives as the very same tuple, so each distinct tuple is applied once with
+        its number of repeats. Integer sums do not depend on grouping, so the cells end exactly
+        as the one-by-one path (and a replay of the log, batch by batch) leaves them."""
+        slice_len = self.level_seconds[0]
+        open_from = self.rolled_until[0]
+        total = 0
+        i, n = 0, len(batches)
+        while i < n:
+            first = batches[i]
+            start = int(first.received_at // slice_len) * slice_len
+            j = i + 1
+            size = len(first.samples)
+            while j < n:
+                batch = batches[j]
+                if batch.tenant != first.tenant or int(batch.received_at // slice_len) * slice_len != start:
+                    break
+                size += len(batch.samples)
+                j += 1
+            total += size
+            # Counting pays off when the run repeats its tuples: try it only on runs long enough
+            # to repeat the number of distinct tuples the last attempt found often enough.
+            if (
+                j - i == 1
+                or size < COLLAPSE_MIN_SAMPLES
+                or size < COLLAPSE_MIN_REPEATS * self._distinct_seen
+                or start < open_from
+                or not self._apply_counted(batches[i:j], start, size)
+            ):
+                for batch in batches[i:j]:
+                    self.apply(batch)
+            i = j
+        return total
+
+    def _apply_counted(self, run: list[Batch], slice_start: int, size: int) -> bool:
+        """apply() for a run of batches by counting repeated sample tuples; False (nothing
+        applied) unless every sample qualifies (see apply_many)."""
+        samples = list(chain.from_iterable(batch.samples for batch in run))
+        ids = list(map(id, samples))
+        last_at = dict(zip(ids, range(size), strict=True))  # a tuple's last position wins
+        self._distinct_seen = len(last_at)
+        if len(last_at) * COLLAPSE_MIN_REPEATS > size:
+            return False
+        tenant = run[0].tenant
+        table = self.table.tenant_table(tenant)
+        by_identity = self._by_identity.setdefault(tenant, {})
+        plan: list[tuple[Series, Cell, float, float, int]] = []
+        for position in sorted(last_at.values()):
+            key, kind, value, weight, ts = samples[position]
+            if kind != KIND_COUNTER or ts is not None:
+                return False
+            hit = by_identity.get(id(key))
+            if hit is not None and hit[0] is key:
+                series = hit[1]
+            else:
+                found = table.get(key)
+                if found is None:
+                    return False  # a new series: admission (and its limits) is apply()'s
+                series = found
+                by_identity[id(key)] = (key, found)
+            cell = series.slice_cell
+            part = value * weight  # type: ignore[operator]
+            if (
+                series.kind != KIND_COUNTER
+                or series.slice_start != slice_start
+                or cell is None
+                or cell.sketch is not None
+                or not (part.is_integer() and weight.is_integer() and -_EXACT_PART < part < _EXACT_PART)
+                or not (-_EXACT_SUM < cell.sum < _EXACT_SUM and -_EXACT_SUM < series.total < _EXACT_SUM)
+                or not cell.count < _EXACT_SUM
+            ):
+                return False
+            plan.append((series, cell, value, weight, position))  # type: ignore[arg-type]
+        repeats = Counter(ids)
+        ends = list(accumulate(len(batch.samples) for batch in run))
+        for series, cell, value, weight, position in plan:
+            times = repeats[id(samples[position])]
+            cell.count += weight * times
+            cell.sum += value * weight * times
+            if value < cell.min:
+                cell.min = value
+            if value > cell.max:
+                cell.max = value
+            cell.last = value
+            series.total += value * weight * times
+            series.last_value = value
+            received = run[bisect_right(ends, position)].received_at
+            series.last_seen = received
+            series.last_timestamp = received
+        latest = max(batch.received_at for batch in run)
+        if latest > self.now:
+            self.now = latest
+        self.counters.samples += size
+        return True
 
     def defer_sketches(self, on: bool) -> None:
         """While on (replaying a log), distribution samples of an open slice wait in a list
@@ -292,6 +411,7 @@ class Aggregator:
     def _slice_cell(self, series: Series, start: int) -> Cell:
         cell = series.levels[0].get(start)
         if cell is None:
+            start = self._period(start)
             cell = series.writable(0)[start] = series.new_cell()
             self._pending[0][series] = None
         if start >= series.slice_start:
@@ -302,10 +422,20 @@ class Aggregator:
     def _cell(self, series: Series, level: int, start: int) -> Cell:
         cell = series.levels[level].get(start)
         if cell is None:
+            start = self._period(start)
             cell = series.writable(level)[start] = series.new_cell()
             if level + 1 < LEVEL_COUNT:
                 self._pending[level][series] = None
         return cell
+
+    def _period(self, start: int) -> int:
+        """One int object per period start, shared by every series' cell dict (32 bytes each
+        otherwise, per cell); forgotten once retention has passed it."""
+        shared = self._periods.setdefault(start, start)
+        if len(self._periods) > MAX_SHARED_PERIODS:
+            self._periods.clear()
+            self._periods[start] = start
+        return shared
 
     def _reject(self, reason: str) -> None:
         rejected = self.counters.rejected
@@ -365,6 +495,8 @@ class Aggregator:
                     series.slice_start = -1
                 if cells:
                     still_pending[series] = None
+                else:
+                    series.release(0)
             elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
                 still_pending[series] = None
         self._pending[level] = still_pending

@@ -8,14 +8,9 @@ Etsy statsd re-sends gauges by default).
 
 from __future__ import annotations
 
-import math
-
 from collectord.aggregation.aggregator import FlushRecord
+from collectord.aggregation.query import finite_or_none
 from collectord.model import MetricType
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def flush_fields(record: FlushRecord, interval: float) -> dict[str, float | None]:
@@ -25,15 +20,15 @@ def flush_fields(record: FlushRecord, interval: float) -> dict[str, float | None
     if kind is MetricType.COUNTER:
         return {"count": cell.sum, "rate": cell.sum / interval}
     if kind is MetricType.GAUGE:
-        return {"value": _finite(cell.last)}
+        return {"value": finite_or_none(cell.last)}
     if kind is MetricType.SET:
         return {"count": float(cell.distinct())}
     p50, p90, p95, p99 = cell.percentiles()
     return {
         "count": cell.count,
         "sum": cell.sum,
-        "min": _finite(cell.min),
-        "max": _finite(cell.max),
+        "min": finite_or_none(cell.min),
+        "max": finite_or_none(cell.max),
         "mean": cell.sum / cell.count if cell.count else None,
         "median": p50,
         "p90": p90,

@@ -55,7 +55,8 @@ def merge_cells(parts: Sequence[Cell]) -> Cell | None:
     return merged
 
 
-def _finite(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """JSON has no infinities: an empty cell's min/max (+-inf) or a NaN become null."""
     return value if math.isfinite(value) else None
 
 
@@ -80,10 +81,10 @@ def build_row(
         mean = total / count if count else math.nan
         pcts = cell.percentiles()
     by_aggregation: dict[str, float | None] = {
-        "AVG": _finite(mean),
+        "AVG": finite_or_none(mean),
         "SUM": total,
-        "MIN": _finite(low),
-        "MAX": _finite(high),
+        "MIN": finite_or_none(low),
+        "MAX": finite_or_none(high),
         "COUNT": count,
         "P50": pcts[0],
         "P90": pcts[1],
@@ -97,9 +98,9 @@ def build_row(
         "periodEnd": iso(period_start + seconds),
         "count": count,
         "sum": total,
-        "min": _finite(low),
-        "max": _finite(high),
-        "avg": _finite(mean),
+        "min": finite_or_none(low),
+        "max": finite_or_none(high),
+        "avg": finite_or_none(mean),
         "p50": pcts[0],
         "p90": pcts[1],
         "p95": pcts[2],

@@ -75,6 +75,11 @@ class Series:
             cells = self.levels[level] = {}
         return cells
 
+    def release(self, level: int) -> None:
+        """Give back an emptied level's dict (it keeps its table's size after its last key goes)."""
+        if not self.levels[level]:
+            self.levels[level] = _NO_CELLS
+
     def new_cell(self) -> Cell:
         if self.kind in (KIND_HISTOGRAM, KIND_SUMMARY):
             return Cell.for_distribution()

@@ -71,6 +71,11 @@ class Authenticator:
         }
         self.limiter = WriteLimiter()
 
+    def reload(self, old: Config, new: Config) -> None:
+        """A reload hook: the next request is checked against the new tokens."""
+        fresh = Authenticator(new)
+        self.default, self.tokens = fresh.default, fresh.tokens
+
     def principal(self, request: web.Request) -> Principal:
         if not self.tokens:
             return self.default

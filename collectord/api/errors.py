@@ -7,9 +7,12 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from collectord.api.messages import language_of, message
 
+# The body-size limit, for the 413 message.
+MAX_BODY_KEY = web.AppKey("max_body", int)
 log = logging.getLogger("collectord.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,11 +72,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, error)
     except web.HTTPNotFound:
         return error_response(request, ApiError(404, "not_found", path=request.path))
-    except web.HTTPMethodNotAllowed:
-        return error_response(request, ApiError(405, "method_not_allowed", method=request.method))
+    except web.HTTPMethodNotAllowed as not_allowed:
+        allowed = ", ".join(sorted(not_allowed.allowed_methods))
+        refusal = ApiError(
+            405, "method_not_allowed", details={"allowed": allowed}, headers={"Allow": allowed}, method=request.method
+        )
+        return error_response(request, refusal)
     except web.HTTPRequestEntityTooLarge as too_large:
-        limit = request.app.get("max_body", too_large.text)
+        limit = request.app.get(MAX_BODY_KEY, too_large.text)
         return error_response(request, ApiError(413, "body_too_large", max=limit))
+    except RequestPayloadError as unreadable:
+        # A body that cannot be decoded (corrupt gzip, a broken chunked encoding).
+        reason = str(unreadable).split(":", 1)[-1].strip()
+        return error_response(request, ApiError(400, "invalid_body", details={"reason": reason}, reason=reason))
     except web.HTTPException:
         raise
     except Exception:

@@ -12,6 +12,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Request body is larger than {max} bytes",
         "Treść żądania przekracza {max} bajtów",
     ),
+    "invalid_body": (
+        "The request body cannot be read ({reason})",
+        "Nie można odczytać treści żądania ({reason})",
+    ),
     "missing_metric": (
         "At least one metric name is required (metric=...)",
         "Wymagana jest co najmniej jedna nazwa metryki (metric=...)",

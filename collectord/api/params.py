@@ -19,6 +19,7 @@ MAX_TAG_FILTERS = 20
 LIMIT_RANGE = (1, 10000)
 # A query may not ask for more periods than this (a day at 1m is 1,440; a year at 1h 8,760).
 MAX_PERIODS = 20_000
+LATEST = 253_402_300_799.999  # 9999-12-31T23:59:59.999Z
 
 _NAME = re.compile(NAME_PATTERN)
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
@@ -38,8 +39,15 @@ def metric_names(params: MultiMapping[str], *, max_count: int = MAX_METRICS) -> 
 
 
 def parse_time(param: str, raw: str, now: float) -> float:
-    """RFC 3339, epoch milliseconds, `now`, or relative to now such as -1h, -30m, -7d."""
-    text = raw.strip()
+    """RFC 3339, epoch milliseconds, `now`, or relative to now such as -1h, -30m, -7d; between
+    1970 and the end of year 9999 (what an answer's dates can show)."""
+    moment = _moment(param, raw.strip(), now)
+    if not 0.0 <= moment <= LATEST:
+        raise ApiError(400, "invalid_time", details={"param": param, "reason": "out of range"}, param=param, value=raw)
+    return moment
+
+
+def _moment(param: str, text: str, now: float) -> float:
     if text == "now":
         return now
     relative = _RELATIVE.match(text)
@@ -50,9 +58,9 @@ def parse_time(param: str, raw: str, now: float) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_time", details={"param": param}, param=param, value=raw) from None
+        raise ApiError(400, "invalid_time", details={"param": param}, param=param, value=text) from None
     if moment.tzinfo is None:
-        raise ApiError(400, "invalid_time", details={"param": param, "reason": "no time zone"}, param=param, value=raw)
+        raise ApiError(400, "invalid_time", details={"param": param, "reason": "no time zone"}, param=param, value=text)
     return moment.timestamp()
 
 
@@ -91,8 +99,11 @@ def aggregation(params: MultiMapping[str]) -> str:
 
 
 def tag_filters(params: MultiMapping[str]) -> list[tuple[str, str]]:
+    raws = params.getall("tag", [])
+    if len(raws) > MAX_TAG_FILTERS:
+        raise ApiError(400, "too_many_tags", max=MAX_TAG_FILTERS, got=len(raws))
     filters: dict[str, str] = {}
-    for raw in params.getall("tag", []):
+    for raw in raws:
         key, sep, value = raw.partition(":")
         if not sep or not key or len(key) > 50 or len(value) > 100:
             raise ApiError(400, "invalid_tag_filter", details={"param": "tag"}, value=raw)

@@ -11,7 +11,7 @@ from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
 from collectord.audit import METRICS_PURGED, audit
 from collectord.pipeline import Pipeline
-from collectord.redis.sink import purged as redis_purged
+from collectord.redis.hooks import purged as redis_purged
 from collectord.sinks.postgres.fleet import postgres_sink
 from collectord.sinks.postgres.purge import purge_stored
 from collectord.storage.journal import JournalUnavailable

@@ -16,7 +16,7 @@ from collectord.api.messages import language_of
 from collectord.api.units import UNITS
 from collectord.audit import METRICS_QUERIED, audit, queried
 from collectord.pipeline import Pipeline
-from collectord.redis.sink import cached_rows, fleet_realtime
+from collectord.redis.hooks import cached_rows, fleet_realtime
 from collectord.sinks.postgres.fleet import fleet_query
 
 

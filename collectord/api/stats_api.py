@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from collectord.api.errors import json_response
+from collectord.api.self_metrics import SelfMetricsCollector
 from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
 
@@ -184,6 +185,7 @@ class StatsApi:
         self.kernel_drops = kernel_drops
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PipelineCollector(pipeline, kernel_drops))
+        self.registry.register(SelfMetricsCollector(pipeline))
         ProcessCollector(registry=self.registry)
         self.ready = False
 

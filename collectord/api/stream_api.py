@@ -28,7 +28,7 @@ from collectord.streams.hub import Event, StreamHub, Subscription, TooManyStream
 
 MAX_STREAM_METRICS = 5
 # How often a waiting stream checks that its client is still there.
-LIVENESS_CHECK = 0.5
+LIVENESS_CHECK = 1.0
 # A WebSocket client must subscribe this soon after connecting.
 SUBSCRIBE_TIMEOUT = 30.0
 STREAM_TASKS = web.AppKey("stream_tasks", set[asyncio.Task[object]])

@@ -6,9 +6,8 @@ and the reason a client reads comes from the catalogue (English or Polish), one 
 
 from __future__ import annotations
 
-import math
+import os
 import re
-from datetime import datetime
 
 import msgspec
 
@@ -23,6 +22,7 @@ _FIELD_AT = re.compile(r"`\$\.([A-Za-z_]+)")
 _MISSING = re.compile(r"missing required field `([^`]*)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 FIELDS = frozenset(MetricIn.__struct_fields__)
+_KIND_OF_NAME = {kind.value: KIND_OF_TYPE[kind] for kind in MetricType}
 
 
 class FieldError(ValueError):
@@ -58,19 +58,20 @@ def to_sample(metric: MetricIn, received: float, late_allowance: float) -> Sampl
     if not _NAME.fullmatch(metric.name):
         # `$` in the declared pattern also matches before a final newline.
         raise FieldError("name", "field_name", "trailing newline")
-    if not math.isfinite(metric.value):
+    value = metric.value
+    if value - value != 0.0:  # inf or nan, without a call
         raise FieldError("value", "field_value", "not finite")
+    stamp = metric.timestamp
     when: float | None = None
-    if isinstance(metric.timestamp, datetime):
-        when = metric.timestamp.timestamp()
-    elif isinstance(metric.timestamp, int):
-        when = metric.timestamp / 1000.0
-    if when is not None and not received - late_allowance <= when <= received + FUTURE_TOLERANCE:
-        raise FieldError(
-            "timestamp", "timestamp_outside_window", "outside window", late=late_allowance, future=FUTURE_TOLERANCE
-        )
-    kind = KIND_OF_TYPE[MetricType(metric.type)]
-    return ((metric.name, tuple(sorted(metric.tags.items()))), kind, metric.value, 1.0, when)
+    if stamp is not None:
+        when = stamp / 1000.0 if type(stamp) is int else stamp.timestamp()  # type: ignore[union-attr]
+        if not received - late_allowance <= when <= received + FUTURE_TOLERANCE:
+            raise FieldError(
+                "timestamp", "timestamp_outside_window", "outside window", late=late_allowance, future=FUTURE_TOLERANCE
+            )
+    tags = metric.tags
+    key = tuple(sorted(tags.items())) if tags else ()
+    return ((metric.name, key), _KIND_OF_NAME[metric.type], value, 1.0, when)
 
 
 def decode_metric(raw: bytes, received: float, late_allowance: float) -> tuple[MetricIn, Sample]:
@@ -79,3 +80,16 @@ def decode_metric(raw: bytes, received: float, late_allowance: float) -> tuple[M
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise field_error(error) from None
     return metric, to_sample(metric, received, late_allowance)
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs as strings; ~10x cheaper than str(uuid.uuid4()) each."""
+    raw = bytearray(os.urandom(16 * count))
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = raw[start + 6] & 0x0F | 0x40
+        raw[start + 8] = raw[start + 8] & 0x3F | 0x80
+    t = raw.hex()
+    return [
+        f"{t[k : k + 8]}-{t[k + 8 : k + 12]}-{t[k + 12 : k + 16]}-{t[k + 16 : k + 20]}-{t[k + 20 : k + 32]}"
+        for k in range(0, 32 * count, 32)
+    ]

@@ -7,7 +7,6 @@ policy); when the log cannot take writes the answer is 503 and nothing is kept.
 from __future__ import annotations
 
 import time
-import uuid
 
 import msgspec
 from aiohttp import web
@@ -15,9 +14,9 @@ from aiohttp import web
 from collectord.api.auth import Authenticator
 from collectord.api.errors import ApiError, json_response
 from collectord.api.messages import language_of, message
-from collectord.api.schemas import MAX_BATCH, BatchIn
+from collectord.api.schemas import MAX_BATCH, BatchIn, MetricIn, ValidBatchIn
 from collectord.api.units import UnitBook
-from collectord.api.validation import FieldError, decode_metric
+from collectord.api.validation import FieldError, decode_metric, new_ids, to_sample
 from collectord.audit import METRIC_RECORDED, METRICS_BATCH_RECORDED, audit
 from collectord.model import Sample
 from collectord.pipeline import Pipeline
@@ -66,7 +65,7 @@ class WriteApi:
         self._keep(principal.tenant, [sample], received)
         if metric.unit:
             self.units.note(principal.tenant, metric.name, metric.unit)
-        metric_id = str(metric.id or uuid.uuid4())
+        metric_id = str(metric.id) if metric.id is not None else new_ids(1)[0]
         audit(
             self.pipeline,
             principal.tenant,
@@ -84,35 +83,64 @@ class WriteApi:
         language = language_of(request.headers.get("Accept-Language"))
         body = await request.read()
         received = time.time()
-        try:
-            batch = msgspec.json.decode(body, type=BatchIn)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            reason = message(batch_problem(error), language, {"max": MAX_BATCH})
-            raise ApiError(
-                400, "invalid_batch", details={"reason": reason, "detail": str(error)}, reason=reason
-            ) from None
+        items = self._batch_items(body, received, language)
         successful: list[str] = []
         failed: list[dict[str, object]] = []
         samples: list[Sample] = []
         units: list[tuple[str, str]] = []
-        for index, raw in enumerate(batch.metrics):
-            try:
-                metric, sample = decode_metric(raw, received, self.late_allowance)
-            except FieldError as error:
-                failed.append(
-                    {"index": index, "id": _raw_id(raw), "field": error.field, "error": error.reason(language)}
-                )
+        missing_ids = 0
+        for index, (item, given_id) in enumerate(items):
+            if isinstance(item, FieldError):
+                failed.append({"index": index, "id": given_id, "field": item.field, "error": item.reason(language)})
                 continue
+            metric, sample = item
             samples.append(sample)
-            successful.append(str(metric.id or uuid.uuid4()))
+            successful.append(str(metric.id) if metric.id is not None else "")
+            missing_ids += metric.id is None
             if metric.unit:
                 units.append((metric.name, metric.unit))
+        if missing_ids:
+            fresh = iter(new_ids(missing_ids))
+            successful = [given or next(fresh) for given in successful]
         self._keep(principal.tenant, samples, received)
         for name, unit in units:
             self.units.note(principal.tenant, name, unit)
         counts = {"successCount": len(successful), "failCount": len(failed)}
         audit(self.pipeline, principal.tenant, principal.role, METRICS_BATCH_RECORDED, counts)
         return json_response({"successful": successful, "failed": failed})
+
+    def _batch_items(
+        self, body: bytes, received: float, language: str
+    ) -> list[tuple[tuple[MetricIn, Sample] | FieldError, object]]:
+        """Each item decoded (or why not) with the id it gave. The common case, every item a
+        MetricIn, is decoded in one pass; otherwise item by item, to name each failure."""
+        late = self.late_allowance
+        try:
+            whole = msgspec.json.decode(body, type=ValidBatchIn).metrics
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        else:
+            items: list[tuple[tuple[MetricIn, Sample] | FieldError, object]] = []
+            for metric in whole:
+                given = str(metric.id) if metric.id is not None else None
+                try:
+                    items.append(((metric, to_sample(metric, received, late)), given))
+                except FieldError as error:
+                    items.append((error, given))
+            return items
+        try:
+            batch = msgspec.json.decode(body, type=BatchIn)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            reason = message(batch_problem(error), language, {"max": MAX_BATCH})
+            details = {"reason": reason, "detail": str(error)}
+            raise ApiError(400, "invalid_batch", details=details, reason=reason) from None
+        items = []
+        for raw in batch.metrics:
+            try:
+                items.append((decode_metric(raw, received, late), None))
+            except FieldError as error:
+                items.append((error, _raw_id(raw)))
+        return items
 
     async def write_v2(self, request: web.Request) -> web.StreamResponse:
         return await self._write_lines(request, request.query.get("precision", "ns"))

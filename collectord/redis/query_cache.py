@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +35,12 @@ from collectord.aggregation.query import Query
 from collectord.aggregation.series import Series
 from collectord.aggregation.windows import GRANULARITY_SECONDS, align
 from collectord.redis.health import Health
+from collectord.redis.hooks import Compute, Rows, rows_of
 from collectord.redis.keys import Keys
 
 if TYPE_CHECKING:
     from collectord.pipeline import Pipeline
 
-Rows = list[dict[str, object]]
-Compute = Callable[[], Rows | Awaitable[Rows]]
 
 # Ranges that ended longer ago than this get the longer TTL.
 OLD_RANGE_SECONDS = 3600.0
@@ -217,9 +214,3 @@ class QueryCache:
                 del self.stale_tenants[tenant]
         self.counters.invalidations += len(tenants)
 
-
-async def rows_of(compute: Compute) -> Rows:
-    result = compute()
-    if inspect.isawaitable(result):
-        return await result
-    return result

@@ -26,10 +26,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from collectord.aggregation.query import Query
 from collectord.redis.health import Health
+from collectord.redis.hooks import Compute, Rows
 from collectord.redis.keys import Keys
-from collectord.redis.query_cache import Compute, QueryCache, Rows, rows_of
+from collectord.redis.query_cache import QueryCache
 from collectord.redis.realtime import RealtimeWriter, merge_local, read_fleet, realtime_document
 from collectord.redis.streams import StreamBridge
+from collectord.selfmetrics import DurationHistogram
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class RedisSink:
             retry=Retry(NoBackoff(), 0),
         )
         self.health = Health()
+        # Exported as collectord_sink_write_duration_seconds{sink="redis"}: one pipeline each.
+        self.write_durations = DurationHistogram()
         self.realtime = RealtimeWriter(self.keys, settings.realtime_ttl, settings.recent_size)
         self.streams = StreamBridge(pipeline.hub, self.keys, self.node, settings.interest_ttl, self.health)
         self.cache = QueryCache(pipeline, self.client, self.keys, self.health, source)
@@ -190,7 +194,8 @@ class RedisSink:
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
+        with self.write_durations.time():
+            replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
                 raise reply
@@ -221,34 +226,3 @@ class RedisSink:
 
     async def answer_query(self, query: Query, compute: Compute) -> tuple[Rows, bool]:
         return await self.cache.answer(query, compute)
-
-
-def redis_of(pipeline: Pipeline) -> RedisSink | None:
-    for sink in pipeline.sinks:
-        if isinstance(sink, RedisSink):
-            return sink
-    return None
-
-
-async def cached_rows(pipeline: Pipeline, query: Query, compute: Compute) -> tuple[Rows, bool]:
-    """The query API's hook: rows from the cache when the range is closed and cached, else
-    computed (and cached when closed). The bool says whether they came from the cache."""
-    link = redis_of(pipeline)
-    if link is None:
-        return await rows_of(compute), False
-    return await link.answer_query(query, compute)
-
-
-async def fleet_realtime(
-    pipeline: Pipeline, tenant: str, name: str, tags: list[tuple[str, str]]
-) -> dict[str, object] | None:
-    """The realtime hook: the fleet's answer from Redis, or None for the in-memory answer."""
-    link = redis_of(pipeline)
-    return None if link is None else await link.realtime_answer(tenant, name, tags)
-
-
-def purged(pipeline: Pipeline, tenant: str) -> None:
-    """Call after a purge (DELETE /api/v1/metrics): the tenant's cached answers are dropped."""
-    link = redis_of(pipeline)
-    if link is not None:
-        link.cache.mark_stale(tenant)

@@ -36,6 +36,7 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api_async import WriteApiAsync
 
 from collectord.config import Config
+from collectord.selfmetrics import DurationHistogram
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 from collectord.sinks.influx_lines import PointEncoder
 from collectord.sinks.spool import Segment, Spool
@@ -113,6 +114,8 @@ class InfluxSink:
         # A write cancelled with run(): drain() learns its answer before sending anything else.
         self._pending: tuple[asyncio.Task[bool], Segment, int, int] | None = None
         self._status = SinkStatus(self.name)
+        # Exported as collectord_sink_write_duration_seconds{sink="influx"}.
+        self.write_durations = DurationHistogram()
         self._delay = 0.0
         self._sleep = asyncio.sleep  # tests make waiting instant
         self._refusal: tuple[int, str] = (0, "")
@@ -285,6 +288,7 @@ class InfluxSink:
                 write_precision=self.settings.precision,  # type: ignore[arg-type]
             )
         )
+        began = time.perf_counter()
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -293,6 +297,7 @@ class InfluxSink:
             raise
         except Exception:  # the task holds it; _outcome_of reads it
             pass
+        self.write_durations.observe(time.perf_counter() - began)
         outcome = await self._outcome_of(task, segment, first, len(batch))
         if outcome == "later" and not draining:
             await self._sleep(self._delay)

@@ -191,6 +191,18 @@ class TcpSource:
         self._sweeper = loop.create_task(self._sweep_idle())
         log.info("listening", extra={"source": self.name, "address": address})
 
+    async def rebind(self, address: str) -> None:
+        """Accept on `address` instead: the new socket is bound before the old one closes, and the
+        open connections carry on (raises OSError, keeping the old socket, if it cannot bind)."""
+        host, port = split_host_port(address)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self.factory(), host, port, reuse_address=True, backlog=1024)
+        old, self.server = self.server, server
+        if old is not None:
+            # Not wait_closed(): it would wait for the open connections, which stay.
+            old.close()
+        log.info("listening", extra={"source": self.name, "address": address})
+
     async def close(self) -> None:
         """Stop accepting, then let every connection hand over what it has read."""
         if self.server is not None:

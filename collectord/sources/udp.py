@@ -44,6 +44,15 @@ class DatagramSource:
     def kernel_drops(self) -> int | None:
         return kernel_udp_drops(self.sock)
 
+    def update(self, parser: PacketParser, tenant: str, max_datagram: int) -> None:
+        """Reloaded settings: the next datagram is parsed with them."""
+        protocol = self.transport.get_protocol()
+        assert isinstance(protocol, _DatagramProtocol)
+        protocol.parser, protocol.tenant, protocol.max_datagram = parser, tenant, max_datagram
+
+    def resize_receive_buffer(self, wanted: int) -> None:
+        self.receive_buffer = _raise_receive_buffer(self.sock, wanted)
+
     def close(self) -> None:
         self.transport.close()
 

@@ -383,6 +383,11 @@ class WriteAheadLog:
         return buf
 
     @property
+    def has_pending(self) -> bool:
+        """Whether anything is buffered (the hot path's cheap form of `pending`)."""
+        return bool(self._chunks)
+
+    @property
     def pending(self) -> int:
         """Bytes buffered and not yet committed (segment headers included)."""
         return sum(len(chunk) for _, chunk in self._chunks)
@@ -513,6 +518,35 @@ class WriteAheadLog:
             raise self._failure("fsync", exc) from exc
         self._last_fsync = self._clock()
         self._dirty = False
+
+    def take_due_fsync(self) -> int | None:
+        """For the "interval" policy, off the event loop: when an fsync is due, a duplicate of
+        the segment's descriptor for `fsync_detached` to sync in another thread (a duplicate,
+        so a rotation closing the segment meanwhile cannot pull it away); None when nothing is
+        due. What is written after this call is synced by the next one."""
+        if self._fsync != "interval" or not self._dirty or self._fd is None:
+            return None
+        if self._clock() - self._last_fsync < self._fsync_interval:
+            return None
+        try:
+            fd = os.dup(self._fd)
+        except OSError as exc:
+            raise self._failure("fsync", exc) from exc
+        self._last_fsync = self._clock()
+        self._dirty = False
+        return fd
+
+    def fsync_detached(self, fd: int) -> None:
+        """Sync and close a descriptor from take_due_fsync (any thread). On failure the log
+        counts as unsynced again and WalError is raised for the caller to report."""
+        try:
+            os.fsync(fd)
+            self.stats.fsyncs += 1
+        except OSError as exc:
+            self._dirty = True
+            raise self._failure("fsync", exc) from exc
+        finally:
+            os.close(fd)
 
     def _fsync_file(self, fd: int) -> None:
         os.fsync(fd)

@@ -135,3 +135,13 @@ def test_every_valid_metric_is_accepted_as_given(
     assert sample_kind == KIND_OF_TYPE[MetricType(kind)]
     assert when == pytest.approx(millis / 1000.0)
     assert metric.id == metric_id
+
+
+def test_new_ids_are_distinct_version_4_uuids() -> None:
+    from collectord.api.validation import new_ids
+
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000
+    for text in ids[:50]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -30,6 +30,14 @@ def free_port() -> int:
             return port
 
 
+def free_ports() -> tuple[int, int, int]:
+    """Three different free ports (each free_port() is free on its own; two may be the same)."""
+    while True:
+        ports = (free_port(), free_port(), free_port())
+        if len(set(ports)) == 3:
+            return ports
+
+
 @dataclass
 class RunningDaemon:
     process: subprocess.Popen[bytes]
@@ -113,7 +121,7 @@ def start_daemon(
 ) -> RunningDaemon:
     """Start the daemon with its data in tmp/data; `ports` (statsd, line, http) to restart one
     where it was."""
-    statsd, line, http = ports or (free_port(), free_port(), free_port())
+    statsd, line, http = ports or free_ports()
     config = tmp / "collectord.toml"
     config.write_text(
         f"""

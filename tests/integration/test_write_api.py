@@ -110,6 +110,15 @@ def test_line_protocol_over_http_like_influxdb(daemon: RunningDaemon) -> None:
     status, _ = daemon.post("/write?db=x&precision=n", compressed, {"Content-Encoding": "gzip"})
     assert status == 204
     assert daemon.total("http.gz") == 5.0
+    status, reply = daemon.post(
+        "/write", b"\x1f\x8bnot gzip at all", {"Content-Encoding": "gzip", "Accept-Language": "pl"}
+    )
+    assert status == 400 and reply["error"]["code"] == "invalid_body"
+    assert reply["error"]["message"].startswith("Nie można odczytać treści żądania")
+    bomb = gzip.compress(b"http.bomb value=1\n" * 300_000)  # 5 MiB unpacked from 20 KiB
+    status, reply = daemon.post("/api/v2/write", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and reply["error"]["code"] == "body_too_large"
+    assert daemon.total("http.bomb") == 0.0
     status, reply = daemon.post("/api/v2/write?precision=minutes", b"http.x value=1\n")
     assert status == 400 and reply["error"]["code"] == "invalid_precision"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from collectord.aggregation.query import Query, run_query
 from collectord.clock import ManualClock
 from collectord.pipeline import Pipeline
-from collectord.redis.sink import RedisSink, cached_rows, purged
+from collectord.redis.hooks import cached_rows, purged
+from collectord.redis.sink import RedisSink
 from tests.redis.helpers import START, redis_pipeline, send
 
 Rows = list[dict[str, object]]

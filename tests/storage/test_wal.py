@@ -828,3 +828,39 @@ def test_replaying_50_mb_is_quick(tmp_path: Path) -> None:
     assert replayed == count * len(payload)
     assert elapsed < 5.0, f"replaying 50 MB took {elapsed:.2f} s"
     wal.close()
+
+
+def test_a_detached_interval_fsync_survives_a_rotation_and_reports_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    wal = opened(tmp_path, fsync="interval", clock=clock, segment_bytes=256)
+    wal.append(1, "acme", T0, b"x" * 10)
+    wal.commit()  # the first commit syncs at once (nothing synced yet)
+    assert wal.take_due_fsync() is None  # nothing unsynced
+    wal.append(1, "acme", T0, b"x" * 10)
+    wal.commit()
+    assert wal.take_due_fsync() is None  # not due yet
+    clock.now += 2
+    fd = wal.take_due_fsync()
+    assert fd is not None and wal.take_due_fsync() is None  # taken: clean until the next write
+    for _ in range(4):  # rotate the segment away while its fsync is pending
+        wal.append(1, "acme", T0, b"y" * 200)
+        wal.commit()
+    before = wal.stats.fsyncs
+    wal.fsync_detached(fd)
+    assert wal.stats.fsyncs == before + 1
+    clock.now += 2
+    fd = wal.take_due_fsync()
+    assert fd is not None
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(WalError):
+        wal.fsync_detached(fd)
+    monkeypatch.undo()
+    clock.now += 2
+    assert wal.take_due_fsync() is not None  # unsynced again: the next tick retries
+    wal.close()

@@ -43,6 +43,7 @@ from collectord.aggregation.series import Series
 from collectord.audit import AuditEvent
 from collectord.model import MetricType, Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.selfmetrics import DurationHistogram
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 from collectord.sinks.postgres import copy, schema
 from collectord.sinks.postgres.maintenance import maintain
@@ -165,6 +166,8 @@ class PostgresSink:
         self.offered_until = 0
         self.written_until = 0
         self.status_ = SinkStatus(self.name)
+        # Exported as collectord_sink_write_duration_seconds{sink="postgres"}: one pass each.
+        self.write_durations = DurationHistogram()
         self.wake = asyncio.Event()
         self.raw_rows = RawRows(self.source)
         self.aggregate_rows = AggregateRows(self.source)
@@ -357,6 +360,7 @@ class PostgresSink:
     async def write_pending(self) -> None:
         """One pass: raw points, audit events, then the dirty and due windows."""
         assert self.pool is not None
+        began = time.perf_counter()
         await self._absorb()
         async with self.pool.acquire(timeout=self.settings.connect_timeout) as conn:
             if self.redo_from is not None:
@@ -371,6 +375,7 @@ class PostgresSink:
                 await self._write_aggregates(conn)
             else:
                 self.written_until = self.offered_until
+        self.write_durations.observe(time.perf_counter() - began)
         self.status_.connected = True
 
     async def _redo(self, conn: asyncpg.Connection, since: float) -> None:
