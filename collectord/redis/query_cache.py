@@ -213,4 +213,3 @@ class QueryCache:
             if self.stale_tenants.get(tenant) == mark:
                 del self.stale_tenants[tenant]
         self.counters.invalidations += len(tenants)
-

@@ -53,8 +53,11 @@ class Subscription:
         last call (both empty/zero on timeout: time for a heartbeat)."""
         if not self._queue:
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # together with a wake-up, and a stream would then outlive its client.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
         events = list(self._queue)
         self._queue.clear()
         dropped, self.dropped = self.dropped, 0
