@@ -215,7 +215,7 @@ class Journal:
                 if self._on_advance is not None:
                     self._on_advance(aggregator, view)
             batch = Batch(record.tenant, samples, record.received_at, record.kind)
-            aggregator.apply(batch)
+            aggregator.apply_deferred(batch)
             if self.on_replayed is not None:
                 self.on_replayed(batch)
             self.recovery.replayed_records += 1
