@@ -116,21 +116,27 @@ def _fold(held: _Deferred) -> None:
         cell.count, cell.sum, cell.sum_squares, series.total = count, total, squares, series_total
     else:
         # Running sums by numpy's accumulate, which adds strictly left to right (unlike sum(),
-        # which adds pairwise): bit for bit the loop above.
+        # which adds pairwise): bit for bit the loop above, four sums in one call.
         arr = np.array(values, dtype=np.float64)
-        parts = arr * weight
-        squares_parts = arr * arr
-        squares_parts *= weight
-        sums = np.empty(len(arr) + 1)
-        sums[0] = cell.count
-        sums[1:] = weight
-        cell.count = float(np.add.accumulate(sums)[-1])
-        sums[0], sums[1:] = cell.sum, parts
-        cell.sum = float(np.add.accumulate(sums)[-1])
-        sums[0], sums[1:] = cell.sum_squares, squares_parts
-        cell.sum_squares = float(np.add.accumulate(sums)[-1])
-        sums[0], sums[1:] = series.total, parts
-        series.total = float(np.add.accumulate(sums)[-1])
+        sums = np.empty((4, len(arr) + 1))
+        sums[:, 0] = (cell.count, cell.sum, cell.sum_squares, series.total)
+        sums[0, 1:] = weight
+        np.multiply(arr, weight, out=sums[1, 1:])
+        np.multiply(arr, arr, out=sums[2, 1:])
+        sums[2, 1:] *= weight
+        sums[3, 1:] = sums[1, 1:]
+        cell.count, cell.sum, cell.sum_squares, series.total = np.add.accumulate(sums, axis=1)[:, -1].tolist()
+        low, high = arr.min().item(), arr.max().item()
+        # Without NaN and signed zeros numpy's extremes are min()'s and max()'s.
+        if low == low and high == high and low != 0.0 and high != 0.0:
+            if low < cell.min:
+                cell.min = low
+            if high > cell.max:
+                cell.max = high
+            cell.last = series.last_value = values[-1]
+            assert cell.sketch is not None
+            cell.sketch.add_many(arr, weight)
+            return
     low, high = min(values), max(values)
     if low < cell.min:
         cell.min = low
