@@ -62,6 +62,8 @@ _EXACT_PART = float(1 << 31)
 # apply_deferred groups a batch by series from this many samples, when each series has this
 # many samples in it on average (below that, apply() is as fast).
 GROUP_MIN_SAMPLES = 64
+# The identity index may hold this many entries beyond two per series before it starts over.
+IDENTITY_SLACK = 4096
 GROUP_MIN_REPEATS = 3
 # Deferred values folded by numpy from this many (a numpy call costs a few plain additions).
 FOLD_VECTOR_MIN = 16
@@ -169,8 +171,10 @@ class Aggregator:
         self.row_cache: dict[tuple[object, ...], tuple[Cell, float, int, dict[str, object]]] = {}
         # Cells whose distribution values wait for a bulk insert (only while replaying).
         self._deferred: dict[int, _Deferred] | None = None
-        # tenant -> id(key) -> (key, series): the hot path's shortcut, dropped on any removal.
-        self._by_identity: dict[str, dict[int, tuple[object, Series]]] = {}
+        # tenant -> id(key) -> series: the hot path's shortcut, dropped on any removal. A hit
+        # counts only if the series' `key` is that very object (a live reference, so its id
+        # cannot have been reused); a miss looks the key up and points the series at it.
+        self._by_identity: dict[str, dict[int, Series]] = {}
         # Series that took samples in windows already rolled up, with the earliest such time:
         # the flush view does not show those, and sinks must rewrite the windows.
         self.touched: dict[Series, float] = {}
@@ -194,7 +198,8 @@ class Aggregator:
         table = self.table.tenant_table(batch.tenant)
         tenant = batch.tenant
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 4 * self.table.limits.max_series:
+        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+            # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
         deferred = self._deferred
@@ -202,13 +207,12 @@ class Aggregator:
             key, kind, value, weight, ts = sample
             # Parsers intern keys, so the key object usually identifies its series: an int
             # lookup instead of hashing a nested tuple. The stored key keeps its id unique.
-            hit = by_identity.get(id(key))
-            if hit is not None and hit[0] is key:
-                series: Series | None = hit[1]
-            else:
+            series: Series | None = by_identity.get(id(key))
+            if series is None or series.key is not key:
                 series = table.get(key)
                 if series is not None:
-                    by_identity[id(key)] = (key, series)
+                    series.key = key
+                    by_identity[id(key)] = series
             if series is None or ts is not None or series.slice_start != slice_start:
                 applied += self._apply_one(tenant, table, sample, received)
                 continue
@@ -311,15 +315,16 @@ class Aggregator:
             key, kind, value, weight, ts = samples[position]
             if kind != KIND_COUNTER or ts is not None:
                 return False
-            hit = by_identity.get(id(key))
-            if hit is not None and hit[0] is key:
-                series = hit[1]
+            known = by_identity.get(id(key))
+            if known is not None and known.key is key:
+                series = known
             else:
                 found = table.get(key)
                 if found is None:
                     return False  # a new series: admission (and its limits) is apply()'s
                 series = found
-                by_identity[id(key)] = (key, found)
+                series.key = key
+                by_identity[id(key)] = found
             cell = series.slice_cell
             part = value * weight  # type: ignore[operator]
             if (
@@ -409,7 +414,8 @@ class Aggregator:
         tenant = batch.tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 4 * self.table.limits.max_series:
+        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+            # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
         groups = np.argsort(firsts, kind="stable").tolist()
@@ -423,13 +429,12 @@ class Aggregator:
             self.now = received
         for group, key in zip(groups, group_keys, strict=True):
             start, end = bounds[group], bounds[group + 1]
-            hit = by_identity.get(id(key))
-            if hit is not None and hit[0] is key:
-                series: Series | None = hit[1]
-            else:
+            series: Series | None = by_identity.get(id(key))
+            if series is None or series.key is not key:
                 series = table.get(key)
                 if series is not None:
-                    by_identity[id(key)] = (key, series)
+                    series.key = key
+                    by_identity[id(key)] = series
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # A new series, a new slice or a type mismatch: the general way, sample by
                 # sample, until the series' open slice is this batch's (or the group ends).
