@@ -51,9 +51,7 @@ class Series:
         "type",
     )
 
-    def __init__(
-        self, tenant: str, name: str, tags: Tags, kind: int, now: float, key: SeriesKey | None = None
-    ) -> None:
+    def __init__(self, tenant: str, name: str, tags: Tags, kind: int, now: float, key: SeriesKey | None = None) -> None:
         self.tenant = tenant
         self.name = name
         self.tags = tags
