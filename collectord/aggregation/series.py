@@ -36,6 +36,7 @@ class Series:
 
     __slots__ = (
         "first_seen",
+        "key",
         "kind",
         "last_seen",
         "last_timestamp",
@@ -50,10 +51,13 @@ class Series:
         "type",
     )
 
-    def __init__(self, tenant: str, name: str, tags: Tags, kind: int, now: float) -> None:
+    def __init__(self, tenant: str, name: str, tags: Tags, kind: int, now: float, key: SeriesKey | None = None) -> None:
         self.tenant = tenant
         self.name = name
         self.tags = tags
+        # (name, tags): the table's key object, or the newest equal object the hot path saw
+        # (its identity index checks hits against it).
+        self.key: SeriesKey = key if key is not None else (name, tags)
         self.kind = kind
         self.type: MetricType = TYPE_OF_KIND[kind]
         self.first_seen = now
@@ -148,7 +152,7 @@ class SeriesTable:
         for tag_key, tag_value in tags:
             values = per_key.setdefault(tag_key, {})
             values[tag_value] = values.get(tag_value, 0) + 1
-        series = Series(tenant, name, tags, kind, now)
+        series = Series(tenant, name, tags, kind, now, key)
         if kind == KIND_GAUGE:
             self.gauges.add(series)
         self.tenant_table(tenant)[key] = series
@@ -162,7 +166,7 @@ class SeriesTable:
         for tag_key, tag_value in series.tags:
             values = per_key.setdefault(tag_key, {})
             values[tag_value] = values.get(tag_value, 0) + 1
-        self.tenant_table(series.tenant)[(series.name, series.tags)] = series
+        self.tenant_table(series.tenant)[series.key] = series
         self.by_name.setdefault((series.tenant, series.name), {})[series.tags] = series
         if series.kind == KIND_GAUGE:
             self.gauges.add(series)

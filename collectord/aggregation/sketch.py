@@ -83,6 +83,8 @@ _KEY_MAX: Final = math.ceil(_LOG_FLOAT_MAX * _INV_LOG_GAMMA) + 1
 # Extra buckets allocated beyond a new extreme, so the first samples of a fresh sketch do not
 # each reallocate; 32 buckets cost 32 bytes at uint8.
 _SLACK: Final = 32
+# add() holds back at most this many values before putting them in the stores.
+PENDING_MAX: Final = 512
 # Below this many values add_many loops over add: numpy's fixed cost per call is higher.
 _SMALL_BATCH: Final = 32
 # Largest integer increment per add; bigger weight ratios use float counts.
@@ -176,7 +178,7 @@ class Sketch:
     outside (0, MAX_WEIGHT]. Equal sketches (==) hold the same weight per bucket.
     """
 
-    __slots__ = ("_dtype", "_neg", "_neg_lo", "_pos", "_pos_lo", "_unit", "_zero")
+    __slots__ = ("_dtype", "_neg", "_neg_lo", "_pending", "_pos", "_pos_lo", "_unit", "_zero")
 
     _pos: Counts
     _pos_lo: int
@@ -188,8 +190,12 @@ class Sketch:
     _unit: float
     # Dtype of both stores: an unsigned rung, or float64 ("float mode").
     _dtype: np.dtype[Any]
+    # Values add() took at the unit weight, not yet in the stores (None: none). Every reader
+    # settles them first, by add_many.
+    _pending: list[float] | None
 
     def __init__(self) -> None:
+        self._pending = None
         self._pos = _EMPTY
         self._pos_lo = 0
         self._neg = _EMPTY
@@ -201,7 +207,35 @@ class Sketch:
     # ------------------------------------------------------------------ adding
 
     def add(self, value: float, weight: float = 1.0) -> None:
-        """Count `value` with `weight` (1/sample_rate). Non-finite values are ignored."""
+        """Count `value` with `weight` (1/sample_rate). Non-finite values are ignored.
+
+        At the sketch's unit weight (the usual case: one sample rate per series) the value
+        waits in a list and joins the stores with others, by add_many, when one is read or
+        PENDING_MAX have gathered: a list append instead of two numpy scalar accesses."""
+        if weight != self._unit:
+            if self._pending is None and self._dtype is not _F64 and 0.0 < weight <= MAX_WEIGHT and self.is_empty():
+                self._unit = float(weight)  # the first weight becomes the unit (see _increment)
+            else:
+                self._settle()
+                self._add(value, weight)
+                return
+        pending = self._pending
+        if pending is None:
+            self._pending = [value]
+        else:
+            pending.append(value)
+            if len(pending) >= PENDING_MAX:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Put the values add() held back into the stores."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self.add_many(pending, self._unit)
+
+    def _add(self, value: float, weight: float) -> None:
+        """add() at once: one value into the stores."""
         inc: int | float
         if weight == self._unit:
             inc = 1
@@ -236,12 +270,14 @@ class Sketch:
 
     def add_many(self, values: Sequence[float] | npt.NDArray[np.floating[Any]], weight: float = 1.0) -> None:
         """Count every value in `values`, each with `weight`; same result as add() in a loop."""
+        if self._pending is not None:
+            self._settle()
         arr = np.asarray(values, dtype=np.float64).ravel()
         n = len(arr)
         if n == 0:
             return
         if n < _SMALL_BATCH:
-            add = self.add
+            add = self._add
             for v in arr.tolist():
                 add(v, weight)
             return
@@ -289,6 +325,8 @@ class Sketch:
         one sketch fed both inputs. Float counts (unrelated fractional weights) add with float
         rounding.
         """
+        self._settle()
+        other._settle()
         if other.is_empty():
             return
         if self.is_empty():
@@ -328,6 +366,9 @@ class Sketch:
         array per sign first and merged in once: the query path merges the open slices of
         every series of a metric, and one merge each would cost a few microseconds apiece.
         """
+        self._settle()
+        for other in others:
+            other._settle()
         groups: dict[float, list[Sketch]] = {}
         for other in others:
             if other.is_empty():
@@ -363,6 +404,7 @@ class Sketch:
     @property
     def count(self) -> float:
         """Total weight added."""
+        self._settle()
         if self._huge():
             # Python float sums saturate at inf where numpy's would warn.
             return float(sum(self._neg.tolist()) + float(self._zero) + sum(self._pos.tolist()))
@@ -371,6 +413,8 @@ class Sketch:
 
     def is_empty(self) -> bool:
         """True when nothing (with a valid value and weight) was added."""
+        if self._pending is not None:
+            self._settle()
         return len(self._pos) == 0 and len(self._neg) == 0 and not self._zero
 
     def quantile(self, q: float) -> float | None:
@@ -379,6 +423,7 @@ class Sketch:
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
         """quantile(q) for each q in `qs`, in one pass over the buckets."""
+        self._settle()
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile must be within [0, 1], got {q!r}")
@@ -437,12 +482,14 @@ class Sketch:
 
     def copy(self) -> Sketch:
         """An independent sketch with the same buckets."""
+        self._settle()
         clone = Sketch.__new__(Sketch)
         clone._assign(self)
         return clone
 
     def nbytes(self) -> int:
         """Bytes held by this sketch: the object plus its bucket arrays."""
+        self._settle()
         size = sys.getsizeof(self)
         for counts in (self._pos, self._neg):
             if len(counts):
@@ -452,6 +499,8 @@ class Sketch:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sketch):
             return NotImplemented
+        self._settle()
+        other._settle()
         if float(self._zero) * self._unit != float(other._zero) * other._unit:
             return False
         for mine, theirs in (
@@ -472,6 +521,7 @@ class Sketch:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
+        self._settle()
         buckets = int(np.count_nonzero(self._pos)) + int(np.count_nonzero(self._neg))
         return f"Sketch(count={self.count!r}, buckets={buckets + (1 if self._zero else 0)})"
 
@@ -489,6 +539,7 @@ class Sketch:
         # Counts are packed at one width per store (the narrowest holding its largest count),
         # not as varints: a numpy varint body took ~50 us each way, this takes ~1 us, and with
         # counts below 256 it is no larger.
+        self._settle()
         is_float = self._dtype is _F64
         if not is_float and self._zero > _U64_MAX:
             # Only absurd weights get here; an encoded integer count holds 64 bits.
@@ -629,6 +680,8 @@ class Sketch:
 
     def _assign(self, other: Sketch) -> None:
         """Become a copy of `other`."""
+        other._settle()
+        self._pending = None
         self._pos = other._pos.copy() if len(other._pos) else _EMPTY
         self._pos_lo = other._pos_lo
         self._neg = other._neg.copy() if len(other._neg) else _EMPTY
@@ -976,6 +1029,7 @@ def pack_snapshots(sketches: Sequence[Sketch]) -> tuple[bytes, bytes, bytes]:
     floats = array("d")
     blob = bytearray()
     for sketch in sketches:
+        sketch._settle()
         neg, pos = sketch._neg.tobytes(), sketch._pos.tobytes()
         ints.extend((_SNAPSHOT_CODE[sketch._dtype], sketch._neg_lo, len(neg), sketch._pos_lo, len(pos)))
         floats.extend((sketch._unit, float(sketch._zero)))
@@ -1009,6 +1063,7 @@ def unpack_snapshots(ints_raw: bytes, floats_raw: bytes, blob_raw: bytes) -> lis
             unit, zero = next(floats_iter), next(floats_iter)
             dtype = _SNAPSHOT_DTYPES[code]
             sketch: Sketch = new(Sketch)
+            sketch._pending = None
             sketch._dtype = dtype
             sketch._unit = unit
             sketch._zero = zero if dtype is _F64 else int(zero)

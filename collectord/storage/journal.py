@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -178,9 +179,16 @@ class Journal:
         slice_len = aggregator.level_seconds[0]
         fresh = after is None and aggregator.table.count == 0
         aggregator.defer_sketches(True)
+        # The replay allocates tuples by the million and frees nothing that holds a cycle: the
+        # collector's full passes over a growing state would cost seconds (the daemon freezes
+        # the state out of it once recovered).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             self._replay_records(aggregator, after, statsd, line, slice_len, fresh)
         finally:
+            if collecting:
+                gc.enable()
             aggregator.defer_sketches(False)
 
     def _replay_records(
@@ -221,7 +229,7 @@ class Journal:
                     self.on_purge(aggregator, record.tenant, record.payload)
                 continue
             batch = Batch(record.tenant, samples, record.received_at, record.kind)
-            aggregator.apply(batch)
+            aggregator.apply_deferred(batch)
             if self.on_replayed is not None:
                 self.on_replayed(batch)
             self.recovery.replayed_records += 1
