@@ -39,6 +39,7 @@ from collectord.model import (
     KIND_HISTOGRAM,
     KIND_SET,
     KIND_SUMMARY,
+    MetricType,
     Sample,
     Tags,
 )
@@ -789,6 +790,14 @@ class Aggregator:
                     if found is not None:
                         parts.append(found)
         return parts
+
+    def metric_type_of(self, tenant: str, name: str) -> MetricType | None:
+        """A metric's type: its live series', else its name-level aggregate's (series expired)."""
+        named = self.table.by_name.get((tenant, name))
+        if named:
+            return next(iter(named.values())).type
+        totals = self.name_totals.get((tenant, name))
+        return totals.type if totals is not None else None
 
     def matching_series(self, tenant: str, name: str, tag_filter: Iterable[tuple[str, str]]) -> list[Series]:
         wanted = tuple(tag_filter)

@@ -152,13 +152,8 @@ def run_query(aggregator: Aggregator, query: Query) -> list[dict[str, object]]:
 def _rows_from_totals(
     aggregator: Aggregator, query: Query, name: str, level: int, seconds: int, periods: range
 ) -> list[dict[str, object]]:
-    named = aggregator.table.by_name.get((query.tenant, name))
-    totals = aggregator.name_totals.get((query.tenant, name))
-    if named:
-        metric_type = next(iter(named.values())).type
-    elif totals is not None:
-        metric_type = totals.type
-    else:
+    metric_type = aggregator.metric_type_of(query.tenant, name)
+    if metric_type is None:
         return []
     rows = []
     for start in periods:

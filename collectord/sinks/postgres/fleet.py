@@ -70,13 +70,8 @@ def memory_cells(aggregator: Aggregator, query: Query) -> dict[CellKey, tuple[Me
     out: dict[CellKey, tuple[MetricType, Cell]] = {}
     for name in dict.fromkeys(query.metrics):
         if not query.tags and not query.group_by:
-            named = aggregator.table.by_name.get((query.tenant, name))
-            totals = aggregator.name_totals.get((query.tenant, name))
-            if named:
-                metric_type = next(iter(named.values())).type
-            elif totals is not None:
-                metric_type = totals.type
-            else:
+            metric_type = aggregator.metric_type_of(query.tenant, name)
+            if metric_type is None:
                 continue
             for start in periods:
                 cell = merge_cells(aggregator.read_name_totals(query.tenant, name, level, start))
