@@ -850,6 +850,19 @@ def _get_f64(data: bytes, pos: int) -> tuple[float, int]:
     return _F64_LE.unpack_from(data, pos)[0], pos + 8
 
 
+def _store_first_key(data: bytes, pos: int, n: int, positive: bool) -> tuple[int, int]:
+    """The first key of an encoded store of `n` buckets (zigzag varint), checked against the
+    bucket cap and the key range of its sign; returns it and the position after it."""
+    if n > MAX_BUCKETS:
+        raise SketchDecodeError(f"{n} buckets exceed the cap of {MAX_BUCKETS}")
+    raw, pos = _get_varint(data, pos)
+    lo = (raw >> 1) ^ -(raw & 1)
+    key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
+    if lo < key_min or lo + n - 1 > key_max:
+        raise SketchDecodeError("bucket keys out of range")
+    return lo, pos
+
+
 def _decode(cls: type[Sketch], data: bytes) -> Sketch:
     if len(data) < 2:
         raise SketchDecodeError("too short")
@@ -878,13 +891,7 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
         if n == 0:
             stores.append((_EMPTY, 0))
             continue
-        if n > MAX_BUCKETS:
-            raise SketchDecodeError(f"{n} buckets exceed the cap of {MAX_BUCKETS}")
-        raw, pos = _get_varint(data, pos)
-        lo = (raw >> 1) ^ -(raw & 1)
-        key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
-        if lo < key_min or lo + n - 1 > key_max:
-            raise SketchDecodeError("bucket keys out of range")
+        lo, pos = _store_first_key(data, pos, n, positive)
         counts: Counts
         if is_float:
             if pos + 8 * n > len(data):
@@ -958,13 +965,7 @@ def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
                     n, pos = _get_varint(data, pos)
                 if n == 0:
                     continue
-                if n > MAX_BUCKETS:
-                    raise SketchDecodeError(f"{n} buckets exceed the cap of {MAX_BUCKETS}")
-                raw, pos = _get_varint(data, pos)
-                lo = (raw >> 1) ^ -(raw & 1)
-                key_min, key_max = (_KEY_MIN, _KEY_MAX) if positive else (-_KEY_MAX, -_KEY_MIN)
-                if lo < key_min or lo + n - 1 > key_max:
-                    raise SketchDecodeError("bucket keys out of range")
+                lo, pos = _store_first_key(data, pos, n, positive == 1)
                 width = data[pos] if pos < size else 0
                 if width not in _WIDTHS:
                     raise SketchDecodeError("bad count width")
