@@ -763,3 +763,47 @@ def test_damaged_snapshot_columns_raise_the_decode_error() -> None:
     for damaged in damages:
         with pytest.raises(SketchDecodeError):
             unpack_snapshots(*damaged)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+            st.sampled_from([1.0, 1.0, 1.0, 2.0, 1 / 0.3]),
+            st.sampled_from(["add", "add", "add", "read", "count", "merge", "encode"]),
+        ),
+        max_size=1200,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_held_back_values_read_as_if_added_at_once(steps: list[tuple[float, float, str]]) -> None:
+    """add() holds unit-weight values back; every reader must see them, in order, as if each
+    had gone into the buckets at once (a reference built one add_many call per value)."""
+    from collectord.aggregation.sketch import PENDING_MAX
+
+    held, reference, other = Sketch(), Sketch(), Sketch()
+    other.add(3.0)
+    for value, weight, action in steps:
+        held.add(value, weight)
+        reference.add_many([value], weight)
+        if action == "read":
+            assert held.quantiles([0.5, 0.99]) == reference.quantiles([0.5, 0.99])
+        elif action == "count":
+            assert held.count == pytest.approx(reference.count)
+        elif action == "merge":
+            merged = Sketch()
+            merged.merge(held)
+            assert merged == reference
+            other.merge(held)
+            expected = Sketch()
+            expected.add(3.0)
+            expected.merge(reference)
+            assert other.count == pytest.approx(expected.count)
+            other = Sketch()
+            other.add(3.0)
+        elif action == "encode":
+            assert Sketch.from_bytes(held.to_bytes()) == reference
+        assert held._pending is None or len(held._pending) < PENDING_MAX
+    assert held == reference
+    assert held.to_bytes() == reference.to_bytes()
+    assert held.copy() == reference
