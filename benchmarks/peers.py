@@ -362,7 +362,9 @@ def _psql(statement: str) -> None:
     )
 
 
-class EtsyStatsd(Daemon):
+class Peer(Daemon):
+    """A peer daemon run as a process of its own, flushing to the harness's graphite receiver."""
+
     flushes = True
 
     def __init__(self, name: str, buffer: int | None) -> None:
@@ -372,6 +374,30 @@ class EtsyStatsd(Daemon):
         self.graphite: GraphiteReceiver | None = None
         self.port = 0
 
+    def _bound(self) -> None:
+        """Wait for its UDP port; then give it the receive buffer under test, if any."""
+        assert self.process is not None
+        wait_bound(self.port, self.process)
+        if self.buffer is not None:
+            force_receive_buffer(self.process.pid, self.port, self.buffer)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+        if self.graphite is not None:
+            self.graphite.close()
+
+    @property
+    def udp_port(self) -> int:
+        return self.port
+
+    def receiver(self) -> GraphiteReceiver | None:
+        return self.graphite
+
+
+class EtsyStatsd(Peer):
     def start(self, workdir: Path) -> None:
         # Its own count of metric lines received, flushed every interval as a counter.
         self.graphite = GraphiteReceiver(lambda name: name == b"stats.counters.statsd.metrics_received.count")
@@ -397,39 +423,16 @@ class EtsyStatsd(Daemon):
         self.process = subprocess.Popen(
             ["node", str(ETSY_MAIN), str(config)], cwd=ETSY_MAIN.parent, stdout=log, stderr=subprocess.STDOUT
         )
-        wait_bound(self.port, self.process)
-        if self.buffer is not None:
-            force_receive_buffer(self.process.pid, self.port, self.buffer)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
-        if self.graphite is not None:
-            self.graphite.close()
-
-    @property
-    def udp_port(self) -> int:
-        return self.port
+        self._bound()
 
     def counted(self) -> float:
         assert self.graphite is not None
         return self.graphite.counted()
 
-    def receiver(self) -> GraphiteReceiver | None:
-        return self.graphite
 
-
-class Collectd(Daemon):
-    flushes = True
-
+class Collectd(Peer):
     def __init__(self, name: str, buffer: int | None) -> None:
-        self.name = name
-        self.buffer = buffer
-        self.process: subprocess.Popen[bytes] | None = None
-        self.graphite: GraphiteReceiver | None = None
-        self.port = 0
+        super().__init__(name, buffer)
         self.kind = ""
 
     def supports(self, shape: Shape) -> bool:
@@ -479,28 +482,11 @@ LoadPlugin statsd
         )
         log = (workdir / "collectd.log").open("wb")
         self.process = subprocess.Popen(["collectd", "-f", "-C", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        wait_bound(self.port, self.process)
-        if self.buffer is not None:
-            force_receive_buffer(self.process.pid, self.port, self.buffer)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
-        if self.graphite is not None:
-            self.graphite.close()
-
-    @property
-    def udp_port(self) -> int:
-        return self.port
+        self._bound()
 
     def counted(self) -> float | None:
         assert self.graphite is not None
         return self.graphite.counted()
-
-    def receiver(self) -> GraphiteReceiver | None:
-        return self.graphite
 
 
 def wait_bound(port: int, process: subprocess.Popen[bytes], limit: float = 20.0) -> None:
