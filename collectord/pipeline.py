@@ -167,6 +167,8 @@ class Pipeline:
     def recover(self) -> None:
         """Load the newest checkpoint and replay the write-ahead log after it."""
         if self.journal is not None:
+            # Without taps a replayed batch needs no Sample tuples: timers replay in bulk.
+            self.journal.on_replayed = self._tap_replayed if self.batch_taps else None
             self.aggregator = self.journal.recover(
                 self.new_aggregator,
                 on_loaded=self._restore_sinks,

@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from operator import itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from collectord.aggregation.cells import Cell
 from collectord.aggregation.series import LEVEL_COUNT, Series, SeriesTable
@@ -43,7 +44,10 @@ from collectord.model import (
     Sample,
     Tags,
 )
-from collectord.ring import Batch
+from collectord.ring import PAYLOAD_STATSD, Batch
+
+if TYPE_CHECKING:
+    from collectord.protocols.statsd_columns import StatsdColumns
 
 LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
 # A sample may be stamped this far in the future (clock skew between hosts).
@@ -104,12 +108,32 @@ class _Deferred(NamedTuple):
     series: Series
     weight: float
     values: list[float]
+    # Runs of values in numpy arrays (apply_columns), each with its place in `values`: it
+    # comes before values[at:].
+    arrays: list[tuple[int, npt.NDArray[np.float64]]]
+
+
+def _joined(held: _Deferred) -> npt.NDArray[np.float64]:
+    """Every deferred value of a cell, in the order they came."""
+    pieces: list[Sequence[float] | npt.NDArray[np.float64]] = []
+    done = 0
+    for at, array in held.arrays:
+        if at > done:
+            pieces.append(held.values[done:at])
+            done = at
+        pieces.append(array)
+    if done < len(held.values):
+        pieces.append(held.values[done:])
+    return np.concatenate(pieces)
 
 
 def _fold(held: _Deferred) -> None:
     """Apply deferred distribution samples exactly as the hot path would have, in order."""
-    cell, series, weight, values = held
-    if len(values) < FOLD_VECTOR_MIN:
+    cell, series, weight, values, arrays = held
+    arr = _joined(held) if arrays else None
+    if len(values) + sum(len(array) for _, array in arrays) < FOLD_VECTOR_MIN:
+        if arr is not None:
+            values = arr.tolist()
         count, total, squares, series_total = cell.count, cell.sum, cell.sum_squares, series.total
         for value in values:
             count += weight
@@ -120,7 +144,8 @@ def _fold(held: _Deferred) -> None:
     else:
         # Running sums by numpy's accumulate, which adds strictly left to right (unlike sum(),
         # which adds pairwise): bit for bit the loop above, four sums in one call.
-        arr = np.array(values, dtype=np.float64)
+        if arr is None:
+            arr = np.array(values, dtype=np.float64)
         sums = np.empty((4, len(arr) + 1))
         sums[:, 0] = (cell.count, cell.sum, cell.sum_squares, series.total)
         sums[0, 1:] = weight
@@ -136,10 +161,11 @@ def _fold(held: _Deferred) -> None:
                 cell.min = low
             if high > cell.max:
                 cell.max = high
-            cell.last = series.last_value = values[-1]
+            cell.last = series.last_value = arr[-1].item()
             assert cell.sketch is not None
             cell.sketch.add_many(arr, weight)
             return
+        values = arr.tolist()
     low, high = min(values), max(values)
     if low < cell.min:
         cell.min = low
@@ -460,6 +486,79 @@ class Aggregator:
             series.last_timestamp = received
         self.counters.samples += applied
 
+    def apply_columns(self, tenant: str, received: list[float], columns: StatsdColumns) -> None:
+        """apply_deferred() of consecutive payloads parsed into columns (replaying the log),
+        `received[p]` the receive time of payload p: the same state as apply() of each
+        payload's samples in turn (`columns.samples(p)`), without a tuple per sample.
+
+        Every template is a distribution kind and one (key, kind, weight); with no two
+        templates of one key, each series takes one kind and weight here, so its values go to
+        its deferred list at once, series in order of first appearance (what apply() does
+        sample by sample, as apply_deferred explains). The payloads must share one open slice:
+        then a series' last payload sets its last_seen, as it would one by one."""
+        deferred = self._deferred
+        keys = columns.keys
+        slice_len = self.level_seconds[0]
+        slice_start = int(min(received) // slice_len) * slice_len
+        if (
+            deferred is None
+            or slice_start < self.rolled_until[0]
+            or int(max(received) // slice_len) * slice_len != slice_start
+            or len(keys) * GROUP_MIN_REPEATS > len(columns.groups)
+            or len(set(keys)) != len(keys)
+        ):
+            for part, at in enumerate(received):
+                self.apply_deferred(Batch(tenant, columns.samples(part), at, PAYLOAD_STATSD))
+            return
+        latest = max(received)
+        if latest > self.now:
+            self.now = latest
+        values = columns.values[columns.order]
+        if columns.parts is None:
+            last_at = [received[0]] * len(keys)
+        else:
+            # A series' last payload is the one of its last line.
+            parts = columns.parts[columns.order]
+            last_at = np.array(received)[parts[np.array(columns.group_ends) - 1]].tolist()
+        table = self.table.tenant_table(tenant)
+        by_identity = self._by_identity.get(tenant)
+        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+            by_identity = self._by_identity[tenant] = {}
+        applied = 0
+        for key, kind, weight, start, end, seen in zip(
+            keys, columns.kinds, columns.weights, columns.group_starts, columns.group_ends, last_at, strict=True
+        ):
+            series: Series | None = by_identity.get(id(key))
+            if series is None or series.key is not key:
+                series = table.get(key)
+                if series is not None:
+                    series.key = key
+                    by_identity[id(key)] = series
+            while series is None or series.slice_start != slice_start or series.kind != kind:
+                # As in apply_deferred: the general way until the series' open slice is this one.
+                at = received[0] if columns.parts is None else received[parts[start]]
+                applied += self._apply_one(tenant, table, (key, kind, float(values[start]), weight, None), at)
+                start += 1
+                if start == end:
+                    break
+                series = table.get(key)
+            if start == end:
+                continue
+            assert series is not None
+            cell = series.slice_cell
+            assert cell is not None and cell.sketch is not None
+            applied += end - start
+            held = deferred.get(id(cell))
+            if held is None or held.weight != weight:
+                self._defer(cell, series, float(values[start]), weight)
+                start += 1
+                held = deferred[id(cell)]
+            if end > start:
+                held.arrays.append((len(held.values), values[start:end]))
+            series.last_seen = seen
+            series.last_timestamp = seen
+        self.counters.samples += applied
+
     def defer_sketches(self, on: bool) -> None:
         """While on (replaying a log), distribution samples of an open slice wait in a list
         and are folded in bulk (the sketch by numpy) when a period closes or deferral ends:
@@ -474,7 +573,7 @@ class Aggregator:
         held = self._deferred.get(id(cell))
         if held is not None:
             _fold(held)
-        self._deferred[id(cell)] = _Deferred(cell, series, weight, [value])
+        self._deferred[id(cell)] = _Deferred(cell, series, weight, [value], [])
 
     def _settle_deferred(self, cell: Cell | None = None) -> None:
         """Fold waiting samples into their cells: all of them, or one cell's."""

@@ -166,6 +166,21 @@ class StatsdParser:
         stats.accepted += accepted
         return first
 
+    def templates(self, pairs: list[tuple[bytes, bytes]]) -> list[_Template | None]:
+        """The cached template of each (name, tail) pair, None where none is cached."""
+        return list(map(self._templates.get, pairs))
+
+    def template(self, name: bytes, tail: bytes, line: bytes) -> _Template | None:
+        """What the fast path knows of lines reading `name:<value>|tail`: (key, kind, weight),
+        learnt from `line` (one such line) when not yet cached; None when it cannot be learnt
+        (the line is invalid, timestamped, a set, or too long to cache). For bulk parsers
+        (statsd_columns) that must give exactly what parse() gives line by line."""
+        found = self._templates.get((name, tail))
+        if found is None:
+            self.parse(line, [])
+            found = self._templates.get((name, tail))
+        return found
+
     def _parse_line(self, line: bytes, out: list[Sample]) -> str | None:
         """The slow path for one line: None if accepted, _BLANK if blank, else the reason."""
         text = line.strip()
