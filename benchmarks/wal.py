@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # Run from a checkout without installing: the package lives one directory up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -172,9 +174,27 @@ def end_to_end(rate: float, seconds: float, rounds: int) -> None:
     print(f"WAL cost on ingest capacity: {100.0 * (1 - on / off):.1f}% (best of {rounds} each)")
 
 
-def recovery(samples: int, shape: str = "timer") -> None:
+def _restart(
+    tmp: Path, env: dict[str, str], ports: tuple[int, int, int], code: Path | None
+) -> tuple[Any, float, float]:
+    """Start the daemon on tmp's data (with the package from `code` when given); the daemon,
+    seconds until /readyz answered 200, and its CPU seconds by then."""
+    from tests.integration.daemon import start_daemon
+
+    if code is not None:
+        # PYTHONSAFEPATH: `python -m` must not put the working directory (this checkout) first.
+        env = {**env, "PYTHONPATH": str(code), "PYTHONSAFEPATH": "1"}
+    began = time.perf_counter()
+    daemon = start_daemon(tmp, env=env, ports=ports)
+    took = time.perf_counter() - began
+    # CPU time is what a loaded machine does not inflate (start-up included).
+    return daemon, took, _cpu_seconds(daemon.process.pid)
+
+
+def recovery(samples: int, shape: str = "timer", compare: Path | None = None, rounds: int = 1) -> None:
     """Time to start after kill -9 with `samples` samples in the log (no checkpoint since),
-    and after a clean stop (checkpointed)."""
+    and after a clean stop (checkpointed). With `compare` (another checkout of collectord),
+    that checkout and this one take turns starting from copies of the same log, `rounds` times."""
     from benchmarks.ingest import loadgen
     from tests.integration.daemon import start_daemon
 
@@ -204,23 +224,28 @@ def recovery(samples: int, shape: str = "timer") -> None:
         expected = daemon.total(f"bench.{shape}.0", start="-2h")
         assert expected > 0
         daemon.kill()
-        wal_bytes = sum(f.stat().st_size for f in (Path(tmp) / "data" / "wal").glob("wal-*.log"))
-        began = time.perf_counter()
-        daemon = start_daemon(Path(tmp), env=env, ports=daemon.ports)
-        took = time.perf_counter() - began
-        # CPU time is what a loaded machine does not inflate (start-up included).
-        cpu = _cpu_seconds(daemon.process.pid)
-        stats = daemon.stats()["wal"]["recovery"]
-        assert daemon.total(f"bench.{shape}.0", start="-2h") == expected, "replay changed the numbers"
-        print(
-            f"{shape}: kill -9 with {samples:,} samples ({wal_bytes / MB:,.0f} MB of log): ready in {took:.2f} s "
-            f"({cpu:.2f} s CPU; replay {stats['seconds']:.2f} s, {stats['replayedSamples']:,} samples"
-            f" in {stats['replayedRecords']:,} records)"
-        )
-        daemon.stop()
-        began = time.perf_counter()
-        daemon = start_daemon(Path(tmp), env=env, ports=daemon.ports)
-        took = time.perf_counter() - began
+        data = Path(tmp) / "data"
+        wal_bytes = sum(f.stat().st_size for f in (data / "wal").glob("wal-*.log"))
+        pristine = Path(tmp) / "pristine"
+        shutil.copytree(data, pristine)
+        print(f"{shape}: kill -9 with {samples:,} samples ({wal_bytes / MB:,.0f} MB of log)")
+        variants: list[tuple[str, Path | None]] = [("this checkout", None)]
+        if compare is not None:
+            variants.insert(0, (str(compare), compare))
+        for _ in range(rounds):
+            for label, code in variants:
+                shutil.rmtree(data)
+                shutil.copytree(pristine, data)
+                daemon, took, cpu = _restart(Path(tmp), env, daemon.ports, code)
+                stats = daemon.stats()["wal"]["recovery"]
+                assert daemon.total(f"bench.{shape}.0", start="-2h") == expected, "replay changed the numbers"
+                print(
+                    f"  {label}: ready in {took:.2f} s ({cpu:.2f} s CPU; recovery {stats['seconds']:.2f} s,"
+                    f" {stats['replayedSamples']:,} samples in {stats['replayedRecords']:,} records);"
+                    f" load average {os.getloadavg()[0]:.2f}"
+                )
+                daemon.stop()
+        daemon, took, cpu = _restart(Path(tmp), env, daemon.ports, None)
         stats = daemon.stats()["wal"]["recovery"]
         assert daemon.total(f"bench.{shape}.0", start="-2h") == expected
         print(
@@ -297,6 +322,8 @@ def main() -> None:
     rec = commands.add_parser("recovery", help="start-up time after kill -9 and after a clean stop")
     rec.add_argument("--samples", type=int, default=10_000_000)
     rec.add_argument("--shape", default="timer", choices=["counter", "timer", "gauge", "dogstatsd"])
+    rec.add_argument("--compare", type=Path, default=None, help="another checkout to start from the same log")
+    rec.add_argument("--rounds", type=int, default=1, help="turns of each checkout (with --compare)")
     exp = commands.add_parser("exposure", help="what kill -9 can lose of UDP/TCP input")
     exp.add_argument("--seconds", type=float, default=10.0)
     exp.add_argument("--tcp-rate", type=float, default=0, help="lines/s over TCP; 0 = flat out")
@@ -309,7 +336,7 @@ def main() -> None:
     elif args.command == "e2e":
         end_to_end(args.rate, args.seconds, args.rounds)
     elif args.command == "recovery":
-        recovery(args.samples, args.shape)
+        recovery(args.samples, args.shape, args.compare, args.rounds)
     elif args.command == "exposure":
         exposure(args.seconds, args.tcp_rate, args.udp_rate)
 
