@@ -155,8 +155,13 @@ def _fold(held: _Deferred) -> None:
         sums[3, 1:] = sums[1, 1:]
         cell.count, cell.sum, cell.sum_squares, series.total = np.add.accumulate(sums, axis=1)[:, -1].tolist()
         low, high = arr.min().item(), arr.max().item()
-        # Without NaN and signed zeros numpy's extremes are min()'s and max()'s.
-        if low == low and high == high and low != 0.0 and high != 0.0:
+        # Without NaN numpy's extremes equal min()'s and max()'s, but of equal zeros min() and
+        # max() keep the first (-0.0 or 0.0): take that one.
+        if low == low and high == high:
+            if low == 0.0 or high == 0.0:
+                first_zero = arr[np.flatnonzero(arr == 0.0)[0]].item()
+                low = first_zero if low == 0.0 else low
+                high = first_zero if high == 0.0 else high
             if low < cell.min:
                 cell.min = low
             if high > cell.max:

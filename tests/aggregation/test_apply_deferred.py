@@ -115,3 +115,26 @@ def test_apply_deferred_without_deferral_is_apply() -> None:
     plain.apply(batch)
     other.apply_deferred(batch)
     assert _state(plain) == _state(other)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, -0.0, 3.0] * 10,
+        [-0.0, 0.0, 3.0] * 10,
+        [-2.0, 0.0, -0.0] * 10,
+        [-2.0, -0.0, 0.0] * 10,
+        [5.0, 0.0, 1.0, -0.0] * 10,
+    ],
+)
+def test_deferred_folding_keeps_the_first_zero_as_extreme(values: list[float]) -> None:
+    """Of equal zeros min() and max() keep the first; folding in numpy must too."""
+    limits = Limits()
+    batch = Batch("default", [(("t", ()), KIND_HISTOGRAM, value, 1.0, None) for value in values], START)
+    live = Aggregator(limits, AggregationSettings(), START)
+    deferred = Aggregator(limits, AggregationSettings(), START)
+    deferred.defer_sketches(True)
+    live.apply(batch)
+    deferred.apply_deferred(batch)
+    deferred.defer_sketches(False)
+    assert _meaning(deferred) == _meaning(live)
