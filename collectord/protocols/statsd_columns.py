@@ -41,6 +41,7 @@ _POW10_INT = 10 ** np.arange(MAX_DIGITS + 1, dtype=np.int64)
 _POW10_FLOAT = _POW10_INT.astype(np.float64)  # exact: 10**15 < 2**53
 _NEWLINE, _COLON, _PIPE, _DOT, _MINUS, _PLUS, _ZERO = b"\n:|.-+0"
 _DISTRIBUTIONS = frozenset({KIND_HISTOGRAM, KIND_SUMMARY})
+_DISTRIBUTION_TYPES = frozenset({b"ms", b"h", b"d"})
 # Odd multipliers for the template hash, one per word (fixed: replay must be deterministic);
 # a line is at most CACHEABLE_LINE_BYTES long, so its name and tail at most 32 words each.
 _MAX_WORDS = 64
@@ -52,6 +53,13 @@ _KEEP = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], dtype
 _EIGHTS = np.arange(_MAX_WORDS, dtype=np.intp) * 8
 _LOW16 = np.uint64(0xFFFF)
 _SHIFTS = (np.uint64(16), np.uint64(32), np.uint64(48))
+
+
+def _leads_with_distribution(payload: bytes) -> bool:
+    """Whether the payload's first line has a distribution's type (ms, h, d): a cheap look
+    that keeps payloads of other types from the numpy work (the rest is checked there)."""
+    line = payload[: payload.find(b"\n")] if b"\n" in payload else payload
+    return line.partition(b"|")[2].partition(b"|")[0].rstrip(b"\r") in _DISTRIBUTION_TYPES
 
 
 def _stable_sort(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
@@ -113,6 +121,8 @@ def parse_columns(parser: StatsdParser, payloads: Sequence[bytes]) -> StatsdColu
     other, would give them (`parts` says which payload each line came from); None when one
     needs the parser (see the module's docstring). Teaches `parser` the templates it lacks,
     as parse() would; its counters are not touched otherwise."""
+    if not all(map(_leads_with_distribution, payloads)):
+        return None  # counters, gauges, sets: no numpy work spent on them
     if len(payloads) == 1:
         payload = payloads[0]
     else:

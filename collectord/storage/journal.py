@@ -28,7 +28,7 @@ import msgspec
 
 from collectord.aggregation.aggregator import Aggregator, FlushRecord
 from collectord.config import Config
-from collectord.model import MetricType, Sample
+from collectord.model import KIND_COUNTER, MetricType, Sample
 from collectord.protocols.line import LineParser
 from collectord.protocols.statsd import StatsdParser
 from collectord.protocols.statsd_columns import parse_columns
@@ -245,23 +245,40 @@ class Journal:
 
     def _replay_chunk(self, aggregator: Aggregator, statsd: StatsdParser, chunk: list[WalRecord]) -> None:
         """StatsD records of one tenant and slice: in bulk when statsd_columns can, else each
-        the usual way (a large one still in bulk on its own)."""
+        parsed the usual way (a large one still in bulk on its own); runs of counters then go
+        through apply_many, which applies repeated lines once with their count."""
         columns = parse_columns(statsd, [record.payload for record in chunk])
         if columns is not None:
             aggregator.apply_columns(chunk[0].tenant, [record.received_at for record in chunk], columns)
             self.recovery.replayed_records += len(chunk)
             self.recovery.replayed_samples += len(columns.groups)
             return
+        batches: list[Batch] = []
         for record in chunk:
             alone = parse_columns(statsd, [record.payload]) if len(chunk) > 1 else None
             if alone is None:
                 samples: list[Sample] = []
                 statsd.parse(record.payload, samples)
-                aggregator.apply_deferred(Batch(record.tenant, samples, record.received_at, record.kind))
+                batches.append(Batch(record.tenant, samples, record.received_at, record.kind))
+                self.recovery.replayed_samples += len(samples)
             else:
+                self._apply_batches(aggregator, batches)
+                batches = []
                 aggregator.apply_columns(record.tenant, [record.received_at], alone)
+                self.recovery.replayed_samples += len(alone.groups)
             self.recovery.replayed_records += 1
-            self.recovery.replayed_samples += len(samples) if alone is None else len(alone.groups)
+        self._apply_batches(aggregator, batches)
+
+    @staticmethod
+    def _apply_batches(aggregator: Aggregator, batches: list[Batch]) -> None:
+        """Batches of one tenant and slice, in order: counters by apply_many (it counts
+        repeated lines), anything else by apply_deferred (it groups distributions)."""
+        first = next((batch.samples[0] for batch in batches if batch.samples), None)
+        if first is not None and first[1] == KIND_COUNTER:
+            aggregator.apply_many(batches)
+            return
+        for batch in batches:
+            aggregator.apply_deferred(batch)
 
     def _replay_record(self, aggregator: Aggregator, record: WalRecord, statsd: StatsdParser, line: LineParser) -> None:
         """One record the usual way: parsed into Samples, applied, told to the taps."""

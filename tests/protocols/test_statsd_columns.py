@@ -165,10 +165,11 @@ VALUE_TEXT = st.one_of(
 )
 LINE = st.builds(lambda n, v, t: f"{n}:{v}|{t}" if t else f"{n}:{v}", NAMES, VALUE_TEXT, TAILS)
 CLEAN_LINE = st.builds(
-    lambda n, v, t: f"{n}:{v}|{t}",
-    st.sampled_from(["lat.a", "lat.b", "dog", "lat.a,host=h1"]),
+    lambda series, v: f"{series[0]}:{v}|{series[1]}",
+    st.sampled_from(
+        [("lat.a", "ms"), ("lat.b", "h"), ("dog", "d|@0.5"), ("lat.a,host=h1", "ms"), ("lat.c", "ms|#env:prod")]
+    ),
     st.one_of(st.integers(-(10**14), 10**14).map(str), st.sampled_from(VALUES)),
-    st.sampled_from(["ms", "h", "d|@0.5", "ms|#env:prod"]),
 )
 
 

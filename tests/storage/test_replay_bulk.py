@@ -94,6 +94,8 @@ TIMER = st.builds(
     st.one_of(st.integers(-(10**6), 10**6).map(str), st.sampled_from(["0", "-0", "1.5", ".25", "7."])),
     st.sampled_from(["ms", "ms", "ms", "h", "ms|@0.5"]),
 )
+# Counters repeat their lines: replay applies a slice's runs of them by counting (apply_many).
+COUNTER = st.sampled_from(["hits.1:1|c", "hits.2:1|c", "hits.1:3|c|@0.5", "hits.3:1.5|c", "hits.2:-2|c"])
 ODD = st.sampled_from(
     ["lat.1:1e3|ms", "lat.1:1|c", "lat.2:5|g", "bad line", "", "lat.3:1|ms|T1", "u:x|s", "lat.4:nan|ms", "lat.5:1:2|ms"]
 )
@@ -112,6 +114,9 @@ def _records(draw: st.DrawFn) -> list[Record]:
         elif shape == 1:
             sample: Sample = (("lat.0", ()), KIND_HISTOGRAM, 3.0, 1.0, None)
             records.append((PAYLOAD_SAMPLES, tenant, received, encode_samples([sample] * 5)))
+        elif shape == 3:
+            lines = draw(st.lists(COUNTER, min_size=1, max_size=draw(st.sampled_from([5, 60, 200]))))
+            records.append((PAYLOAD_STATSD, tenant, received, "\n".join(lines).encode()))
         else:
             lines = draw(st.lists(TIMER, min_size=1, max_size=draw(st.sampled_from([5, 40, 200]))))
             if shape == 2:
