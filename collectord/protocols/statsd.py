@@ -54,6 +54,9 @@ __all__ = ["CACHEABLE_LINE_BYTES", "CACHE_BUDGET", "MAX_SET_MEMBER_BYTES", "Stat
 CACHE_BUDGET = 262_144
 # Nothing from a longer line is cached: it is parsed every time (no real client sends them).
 CACHEABLE_LINE_BYTES = 256
+# The value cache keeps integer values of at most this many digits: bounded by construction
+# (11,110 digit strings), so it never needs clearing.
+VALUE_CACHE_DIGITS = 4
 # A set member is stored as-is by aggregation; bound it like a tag value, with some room.
 MAX_SET_MEMBER_BYTES = 256
 
@@ -69,13 +72,13 @@ _TYPES: dict[bytes, int] = {
 _RATED = frozenset({KIND_COUNTER, KIND_HISTOGRAM, KIND_SUMMARY})
 _PLUS, _MINUS = ord("+"), ord("-")
 _TIMESTAMP = re.compile(rb"\d{1,12}(?:\.\d{1,9})?")
-_NAN = float("nan")
 # parse_line's answer for a line that holds only whitespace: not counted, not an error.
 _BLANK = ""
 
 # What the template cache holds: series key, kind (KIND_GAUGE for every gauge: the sign of each
 # value decides between gauge and delta) and weight.
 _Template = tuple[SeriesKey, int, float]
+_NO_TEMPLATES: dict[bytes, _Template] = {}
 _Value = float | str
 
 
@@ -88,6 +91,7 @@ class StatsdParser:
         "_lines",
         "_tag_sets",
         "_templates",
+        "_values",
         "_with_container",
         "limits",
         "stats",
@@ -107,7 +111,12 @@ class StatsdParser:
         self._with_container = container_id == "tag"
         self._cache_weight = 0
         self._lines: dict[bytes, Sample] = {}
-        self._templates: dict[tuple[bytes, bytes], _Template] = {}
+        # Keyed by the tail first, then the name: two lookups cost less than building and
+        # hashing a (name, tail) tuple per line, and most names share a handful of tails.
+        self._templates: dict[bytes, dict[bytes, _Template]] = {}
+        # Short integer values' bytes -> their float, for the template path: float() is the
+        # dearest step of a timer line, and integer milliseconds repeat.
+        self._values: dict[bytes, float] = {}
         self._keys: dict[SeriesKey, SeriesKey] = {}
         # (separator, name tags, |# sections, container) raw bytes -> validated Tags.
         self._tag_sets: dict[tuple[bytes, bytes, tuple[bytes, ...], bytes | None], Tags] = {}
@@ -120,8 +129,11 @@ class StatsdParser:
         if type(packet) is not bytes:
             packet = bytes(packet)  # a bytearray or memoryview: the caches need hashable lines
         lines = packet.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the final newline's empty line: blank, neither counted nor parsed
         line_cache = self._lines
         templates = self._templates
+        values = self._values
         append = out.append
         accepted = 0
         rejected = 0
@@ -135,16 +147,31 @@ class StatsdParser:
             # partition() is cheaper than find() plus slicing, and yields the template parts.
             head, _, tail = line.partition(b"|")
             name, _, raw = head.partition(b":")
-            template = templates.get((name, tail))
+            by_name = templates.get(tail)
+            template = by_name.get(name) if by_name is not None else None
             if template is not None:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    # Multi-value or malformed: the slow path below tells which.
-                    value = _NAN
-                # value - value == 0.0 rejects nan and inf; isdigit() is the cheap test for
-                # the common integer value, translate() the full one ("1_0", " 1" fail it).
-                if value - value == 0.0 and (raw.isdigit() or not raw.translate(None, NUMBER_BYTES)):
+                value: float | None
+                if raw.isdigit():
+                    # The common integer value: float() cannot fail. Short ones repeat (integer
+                    # milliseconds), and a dict lookup costs a fraction of float().
+                    if len(raw) <= VALUE_CACHE_DIGITS:
+                        value = values.get(raw)
+                        if value is None:
+                            value = values[raw] = float(raw)
+                    else:
+                        value = float(raw)
+                        if value - value != 0.0:
+                            value = None  # so long that it overflows to inf
+                else:
+                    try:
+                        value = float(raw)
+                    except ValueError:
+                        value = None  # multi-value or malformed: the slow path tells which
+                    # value - value != 0.0 catches nan and inf; translate() the other bytes
+                    # float() accepts ("1_0", " 1").
+                    if value is not None and (value - value != 0.0 or raw.translate(None, NUMBER_BYTES)):
+                        value = None
+                if value is not None:
                     kind = template[1]
                     if kind == KIND_GAUGE and (raw[0] == _PLUS or raw[0] == _MINUS):
                         kind = KIND_GAUGE_DELTA
@@ -168,17 +195,18 @@ class StatsdParser:
 
     def templates(self, pairs: list[tuple[bytes, bytes]]) -> list[_Template | None]:
         """The cached template of each (name, tail) pair, None where none is cached."""
-        return list(map(self._templates.get, pairs))
+        templates = self._templates
+        return [templates.get(tail, _NO_TEMPLATES).get(name) for name, tail in pairs]
 
     def template(self, name: bytes, tail: bytes, line: bytes) -> _Template | None:
         """What the fast path knows of lines reading `name:<value>|tail`: (key, kind, weight),
         learnt from `line` (one such line) when not yet cached; None when it cannot be learnt
         (the line is invalid, timestamped, a set, or too long to cache). For bulk parsers
         (statsd_columns) that must give exactly what parse() gives line by line."""
-        found = self._templates.get((name, tail))
+        found = self._templates.get(tail, _NO_TEMPLATES).get(name)
         if found is None:
             self.parse(line, [])
-            found = self._templates.get((name, tail))
+            found = self._templates.get(tail, _NO_TEMPLATES).get(name)
         return found
 
     def _parse_line(self, line: bytes, out: list[Sample]) -> str | None:
@@ -368,8 +396,9 @@ class StatsdParser:
         # its ':' ("a|b:1|c") would otherwise teach a template that means something else.
         # Sets never use the template path: their value is a string member, not a float.
         if colon and template[1] != KIND_SET:
-            self._make_room(1)
-            self._templates[(name, tail)] = template
+            # A new tail's dict of its own weighs like two more entries.
+            self._make_room(1 if tail in self._templates else 3)
+            self._templates.setdefault(tail, {})[name] = template
         if len(samples) == 1:
             self._make_room(1)
             self._lines[line] = samples[0]
