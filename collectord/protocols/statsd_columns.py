@@ -62,6 +62,20 @@ def _leads_with_distribution(payload: bytes) -> bool:
     return line.partition(b"|")[2].partition(b"|")[0].rstrip(b"\r") in _DISTRIBUTION_TYPES
 
 
+def _first_per_line(
+    positions: npt.NDArray[np.intp], line_no: npt.NDArray[np.int32], lines: int
+) -> npt.NDArray[np.intp] | None:
+    """The first of `positions` (ascending) in each line, or None when a line has none."""
+    if len(positions) < lines:
+        return None
+    at = line_no[positions]
+    first = np.empty(len(positions), dtype=np.bool_)
+    first[0] = True
+    np.not_equal(at[1:], at[:-1], out=first[1:])
+    found = positions[first]
+    return found if len(found) == lines else None
+
+
 def _stable_sort(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
     """The stable order of `keys` by their top 48 bits (a product's low bits depend only on
     its factors' low bits: the top ones mix every byte): three passes of numpy's radix sort
@@ -130,7 +144,8 @@ def parse_columns(parser: StatsdParser, payloads: Sequence[bytes]) -> StatsdColu
         payload = b"\n".join(part[:-1] if part.endswith(b"\n") else part for part in payloads)
     arr = np.frombuffer(payload, dtype=np.uint8)
     size = len(arr)
-    newlines = np.flatnonzero(arr == _NEWLINE)
+    newline = arr == _NEWLINE
+    newlines = np.flatnonzero(newline)
     if len(newlines) + 1 < MIN_LINES:
         return None
     starts = np.empty(len(newlines) + 1, dtype=np.intp)
@@ -144,19 +159,11 @@ def parse_columns(parser: StatsdParser, payloads: Sequence[bytes]) -> StatsdColu
     if not (ends > starts).all():
         return None  # an empty line inside: rare, the parser skips it
     lines = len(starts)
-    pipes = np.flatnonzero(arr == _PIPE)
-    colons = np.flatnonzero(arr == _COLON)
-    if not len(pipes) or not len(colons):
-        return None
-    first = np.searchsorted(pipes, starts)
-    if first[-1] >= len(pipes):
-        return None
-    pipe = pipes[first]
-    first = np.searchsorted(colons, starts)
-    if first[-1] >= len(colons):
-        return None
-    colon = colons[first]
-    if not ((pipe < ends).all() and (colon < pipe).all()) or (ends - starts).max() > CACHEABLE_LINE_BYTES:
+    # Every byte's line number: a line's first '|' and first ':' are where it changes.
+    line_no = np.cumsum(newline, dtype=np.int32)
+    pipe = _first_per_line(np.flatnonzero(arr == _PIPE), line_no, lines)
+    colon = _first_per_line(np.flatnonzero(arr == _COLON), line_no, lines)
+    if pipe is None or colon is None or not (colon < pipe).all() or (ends - starts).max() > CACHEABLE_LINE_BYTES:
         return None
 
     # The value bytes of every line, one after the other.
@@ -177,26 +184,38 @@ def parse_columns(parser: StatsdParser, payloads: Sequence[bytes]) -> StatsdColu
     allowed[offsets] |= signed
     if not allowed.all():
         return None
-    # Sums per line by bincount (one pass; reduceat pays per line).
+    # Sums per line by bincount (one pass; reduceat pays per line). Integer values (no point,
+    # no sign: the usual milliseconds) skip what only points and signs need.
     line_of = np.repeat(np.arange(lines), vlen)
-    dots = np.bincount(line_of, weights=dot, minlength=lines).astype(np.intp)
-    digits = vlen - dots - signed
-    if dots.max() > 1 or digits.min() < 1 or digits.max() > MAX_DIGITS:
+    points = bool(dot.any())
+    plain = not points and not signed.any()
+    if points:
+        dots = np.bincount(line_of, weights=dot, minlength=lines).astype(np.intp)
+        if dots.max() > 1:
+            return None
+        digits = vlen - dots - signed
+    else:
+        digits = vlen - signed
+    if digits.min() < 1 or digits.max() > MAX_DIGITS:
         return None
     # Mantissa: each digit times ten to the number of digits after it in its value (sums of
     # integers below 2**53: exact in float64).
     seen = np.cumsum(digit)
     before = seen[offsets] - digit[offsets]  # digits of the values before this one
     after = (digits + before)[line_of] - seen
-    after[~digit] = 0
+    if not plain:
+        after[~digit] = 0
     place = (raw - _ZERO) * _POW10_FLOAT[after]
-    place[~digit] = 0.0
-    mantissa = np.bincount(line_of, weights=place, minlength=lines)
-    # Digits after the point: everything after it is a digit (checked above); at most one point.
-    position = np.arange(1, total + 1) - offsets[line_of]
-    dot_at = np.bincount(line_of, weights=np.where(dot, position, 0), minlength=lines).astype(np.intp)
-    fraction = np.where(dot_at > 0, vlen - dot_at, 0)
-    values = mantissa / _POW10_FLOAT[fraction]
+    if not plain:
+        place[~digit] = 0.0
+    values: npt.NDArray[np.float64] = np.bincount(line_of, weights=place, minlength=lines).astype(
+        np.float64, copy=False
+    )
+    if points:
+        # Digits after the point: everything after it is a digit (checked above).
+        position = np.arange(1, total + 1) - offsets[line_of]
+        dot_at = np.bincount(line_of, weights=np.where(dot, position, 0), minlength=lines).astype(np.intp)
+        values /= _POW10_FLOAT[np.where(dot_at > 0, vlen - dot_at, 0)]
     np.negative(values, out=values, where=negative)  # "-0" is -0.0, as float() gives
 
     # Templates: a line's name and tail (after the first '|') as 8-byte words, hashed to
