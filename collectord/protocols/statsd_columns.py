@@ -97,7 +97,7 @@ def _words(
 
 
 class StatsdColumns(NamedTuple):
-    """The samples of one payload, by template. Line i is the sample
+    """The samples of the payloads, by template. Line i is the sample
     (keys[g], kinds[g], values[i], weights[g], None) with g = groups[i]; templates are numbered
     in order of first appearance. `order` lists the lines grouped by template, each template's
     in line order, template g's at `order[group_starts[g]:group_ends[g]]`."""
@@ -256,7 +256,7 @@ def parse_columns(parser: StatsdParser, payloads: Sequence[bytes]) -> StatsdColu
     rank[appearance] = np.arange(len(heads))
     groups = np.empty(lines, dtype=np.intp)
     groups[order] = rank[run]
-    # One template lookup per group, in C (there can be thousands per payload).
+    # One template lookup per group (not per line); the parser learns a missing one from its line.
     leaders = firsts[appearance]
     cut = np.stack((starts[leaders], colon[leaders], tail_start[leaders], ends[leaders])).tolist()
     pairs = list(
