@@ -215,8 +215,14 @@ class Journal:
                 aggregator.start_at(record.received_at)
                 fresh = False
             if record.kind == PAYLOAD_AUDIT:  # touches no window: closes no period either
-                self._replay_record(aggregator, record, statsd, line)
+                if self.on_replayed is not None:
+                    self.on_replayed(Batch(record.tenant, [], record.received_at, record.kind, record.payload))
                 continue
+            samples: list[Sample] | None = None
+            if not (bulk and record.kind == PAYLOAD_STATSD):
+                samples = self._parse_record(record, statsd, line)
+                if samples is None:
+                    continue  # undecodable: skipped before it could close a period, as ever
             # Close periods exactly as the live daemon did, so roll-ups happen in order.
             if record.received_at >= aggregator.rolled_until[0] + slice_len:
                 if chunk:
@@ -225,7 +231,7 @@ class Journal:
                 view = aggregator.advance(record.received_at)
                 if self._on_advance is not None:
                     self._on_advance(aggregator, view)
-            if bulk and record.kind == PAYLOAD_STATSD:
+            if samples is None:  # a StatsD payload for the bulk path
                 at_slice = int(record.received_at // slice_len) * slice_len
                 if chunk and (
                     record.tenant != chunk[0].tenant or at_slice != chunk_slice or chunk_bytes >= CHUNK_BYTES
@@ -239,7 +245,7 @@ class Journal:
             if chunk:
                 self._replay_chunk(aggregator, statsd, chunk)
                 chunk, chunk_bytes = [], 0
-            self._replay_record(aggregator, record, statsd, line)
+            self._apply_record(aggregator, record, samples)
         if chunk:
             self._replay_chunk(aggregator, statsd, chunk)
 
@@ -280,13 +286,10 @@ class Journal:
         for batch in batches:
             aggregator.apply_deferred(batch)
 
-    def _replay_record(self, aggregator: Aggregator, record: WalRecord, statsd: StatsdParser, line: LineParser) -> None:
-        """One record the usual way: parsed into Samples, applied, told to the taps."""
+    @staticmethod
+    def _parse_record(record: WalRecord, statsd: StatsdParser, line: LineParser) -> list[Sample] | None:
+        """A record's samples parsed the usual way ([] for a purge); None when undecodable."""
         samples: list[Sample] = []
-        if record.kind == PAYLOAD_AUDIT:
-            if self.on_replayed is not None:
-                self.on_replayed(Batch(record.tenant, [], record.received_at, record.kind, record.payload))
-            return
         if record.kind == PAYLOAD_STATSD:
             statsd.parse(record.payload, samples)
         elif record.kind == PAYLOAD_LINE:
@@ -296,7 +299,11 @@ class Journal:
                 samples = decode_samples(record.payload)
             except (msgspec.DecodeError, ValueError, TypeError):
                 log.warning("undecodable record in the write-ahead log; skipped", extra={"at": record.end})
-                return
+                return None
+        return samples
+
+    def _apply_record(self, aggregator: Aggregator, record: WalRecord, samples: list[Sample]) -> None:
+        """One parsed record: a purge applied, or its batch applied and told to the taps."""
         if record.kind == PAYLOAD_PURGE:
             if self.on_purge is not None:
                 self.on_purge(aggregator, record.tenant, record.payload)

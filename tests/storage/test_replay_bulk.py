@@ -147,3 +147,23 @@ def test_a_long_log_of_timers_takes_the_bulk_path(monkeypatch: pytest.MonkeyPatc
     # 300 payloads of 20 lines in 8 slices: each slice's payloads in one bulk step (or a few).
     assert 8 <= calls.count("apply_columns") <= 16
     assert "apply_deferred" in calls  # the plain replay's
+
+
+def test_an_undecodable_record_closes_no_period() -> None:
+    """Skipped before anything else, as it always was: a record that cannot be decoded must not
+    close the periods its receive time would have closed."""
+    lines = "\n".join(f"lat.{i % 5}:{i}|ms" for i in range(100)).encode()
+    clean: list[Record] = [(PAYLOAD_STATSD, "default", START, lines), (PAYLOAD_STATSD, "default", START + 1, lines)]
+    broken = [clean[0], (PAYLOAD_SAMPLES, "default", START + 25, b"\xc1 not msgpack"), clean[1]]
+    states = []
+    for records in (clean, broken):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load_config(None, {"COLLECTORD_STORAGE_DATA_DIR": tmp})
+            wal = WriteAheadLog(Path(tmp) / "wal", fsync="never")
+            wal.open()
+            for record in records:
+                wal.append(*record)
+            wal.commit()
+            wal.close()
+            states.append(capture(_recover(config, bulk=True), (0, 0), {}))
+    assert states[0] == states[1]
