@@ -117,8 +117,11 @@ class AggregateRows:
         return prefix
 
     @staticmethod
-    def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell) -> bytes:
-        """One window's row: `prefix` from `prefix()`."""
+    def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell, final: bool = True) -> bytes:
+        """One window's row: `prefix` from `prefix()`. The p50..p99 columns (for readers of the
+        table; queries merge the sketch) are filled once the window is `final` (closed): an
+        open 1m window is rewritten at every flush, and its percentiles were most of the cost
+        of encoding it."""
         f8 = copy.float8
         members = cell.members
         if members is not None:
@@ -139,8 +142,11 @@ class AggregateRows:
         count, total = cell.count, cell.sum
         sketch = cell.sketch
         if sketch is not None:
-            p50, p90, p95, p99 = cell.percentiles()
-            percentiles = f8(p50) + f8(p90) + f8(p95) + f8(p99)
+            if final:
+                p50, p90, p95, p99 = cell.percentiles()
+                percentiles = f8(p50) + f8(p90) + f8(p95) + f8(p99)
+            else:
+                percentiles = _NO_PERCENTILES
             encoded_sketch = copy.raw_bytes(sketch.to_bytes())
         else:
             percentiles = _NO_PERCENTILES
