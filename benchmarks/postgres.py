@@ -87,8 +87,21 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
         keys = [(f"m{i // 100}", (("id", str(i % 100)),)) for i in range(series)]
         totals: list[float] = []
 
+        # As the daemon runs it: coarse roll-ups and prunes in slices, between other work.
+        background = hasattr(pipeline.aggregator, "background_rolls")
+        if background:
+            pipeline.aggregator.background_rolls = True
+
+        async def roll_up() -> None:
+            while True:
+                if background and pipeline.roll_slice(0.005):
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(0.25)
+
         async def go() -> None:
             await sink._open()
+            roller = asyncio.create_task(roll_up())
             for flush in range(flushes):
                 samples: list[Sample] = [
                     (keys[i], KIND_HISTOGRAM if i < hist else KIND_COUNTER, rng.uniform(1, 100), 1.0, None)
@@ -113,6 +126,8 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
                 await probe
                 gaps = gaps[1:]  # the first gap holds the advance, reported on its own
                 totals.append(total)
+                while background and pipeline.aggregator.rolling:
+                    await asyncio.sleep(0.05)  # the next flush starts with the roll-ups done
                 phases = ", ".join(f"{k} {v:.2f}" for k, v in getattr(sink, "last_flush_phases", {}).items())
                 print(
                     f"flush {flush + 1} (closes {time.strftime('%H:%M:%S', time.gmtime(sink.offered_until))}): "
@@ -121,6 +136,7 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
                     f"({phases}); loop held by the sink p99 {sorted(gaps)[int(len(gaps) * 0.99)] * 1000:.0f} ms, "
                     f"max {max(gaps) * 1000:.0f} ms; load {os.getloadavg()[0]:.1f}"
                 )
+            roller.cancel()
             await sink.close()
 
         asyncio.run(go())

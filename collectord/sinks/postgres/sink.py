@@ -550,9 +550,7 @@ class PostgresSink:
         async with contextlib.AsyncExitStack() as stack:
             conns = [conn]
             for _ in range(self._upsert_connections() - 1):
-                conns.append(
-                    await stack.enter_async_context(self.pool.acquire(timeout=self.settings.connect_timeout))
-                )
+                conns.append(await stack.enter_async_context(self.pool.acquire(timeout=self.settings.connect_timeout)))
             ready: asyncio.Queue[bytes | None] = asyncio.Queue()
 
             async def produce() -> None:
