@@ -3,6 +3,8 @@ one-block roll-ups do, whatever runs between their steps: reads, late samples, m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,3 +124,33 @@ def test_queued_prune_drops_what_prune_drops_after_the_rollups() -> None:
     for mine, theirs in zip(background.table.all_series(), sync.table.all_series(), strict=True):
         assert [sorted(level) for level in mine.levels] == [sorted(level) for level in theirs.levels]
     assert sorted(background.name_totals) == sorted(sync.name_totals)
+
+
+def test_checkpoint_and_restart_see_the_rollups_done(tmp_path: Path) -> None:
+    """Pipeline.checkpoint finishes queued roll-ups first; a daemon restarted from it (and its
+    log) reads every window as the one that queued them."""
+    from collectord.clock import ManualClock
+    from collectord.config import load_config
+    from collectord.pipeline import Pipeline
+
+    clock = ManualClock(T0)
+    config = load_config(None, {"COLLECTORD_STORAGE_DATA_DIR": str(tmp_path)})
+    pipeline = Pipeline(config, clock)
+    pipeline.recover()
+    pipeline.aggregator.background_rolls = True
+    for i in range(18):  # the last advance closes the day
+        sample: Sample = ((f"m.{i % 2}", (("id", str(i % 5)),)), KIND_HISTOGRAM, float(i), 1.0, None)
+        pipeline.write_acknowledged(Batch("default", [sample], clock.now()))
+        clock.advance(10)
+        pipeline.advance()
+    assert pipeline.aggregator.rolling  # the day's close queued the 1m, 5m and 1h roll-ups
+    assert pipeline.aggregator.roll_some(1)  # one series rolled, more to do
+    before = every_window(pipeline.aggregator)
+    assert pipeline.checkpoint()
+    assert not pipeline.aggregator.rolling
+    assert every_window(pipeline.aggregator) == before
+    assert pipeline.journal is not None
+    pipeline.journal.close()
+    restarted = Pipeline(config, clock)
+    restarted.recover()
+    assert every_window(restarted.aggregator) == before
