@@ -31,6 +31,8 @@ APPLY_INTERVAL = 0.005
 log = logging.getLogger("collectord")
 
 TICK_SECONDS = 0.25
+# Longest run of queued roll-up work before the event loop gets control back.
+ROLL_SLICE = 0.005
 REJECTION_LOG_EVERY = 10.0
 
 
@@ -60,6 +62,8 @@ class Daemon:
             p.add_sink(sink)
         # Recover before listening: nothing new may be applied before the old is back.
         p.recover()
+        # From now on coarse roll-ups run in slices (_roll_up); recovery rolled up in one block.
+        p.aggregator.background_rolls = True
         gc.collect()
         gc.freeze()
         tenant = ingest.tenant
@@ -114,7 +118,11 @@ class Daemon:
             log.info("listening", extra={"source": "http", "address": listen.http})
         stats_api.ready = True
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick())]
+        self._tasks = [
+            loop.create_task(self._consume()),
+            loop.create_task(self._tick()),
+            loop.create_task(self._roll_up()),
+        ]
         self._sink_tasks = [loop.create_task(sink.run(), name=f"sink:{sink.name}") for sink in p.sinks]
         receive_buffers = {s.name: s.receive_buffer for s in self.datagram_sources}
         log.info("ready", extra={"tenant": tenant, "receive_buffers": receive_buffers})
@@ -127,6 +135,15 @@ class Daemon:
             # Let the sources read for a few ms before the next drain: a drain that holds
             # several lines per series applies repeated counter lines once (apply_many).
             await asyncio.sleep(APPLY_INTERVAL)
+
+    async def _roll_up(self) -> None:
+        """Coarse roll-ups and prunes queued by the tick's advance, ROLL_SLICE at a time."""
+        pipeline = self.pipeline
+        while True:
+            if pipeline.roll_slice(ROLL_SLICE):
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(TICK_SECONDS)
 
     async def _tick(self) -> None:
         since_log = 0.0

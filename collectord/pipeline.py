@@ -45,6 +45,10 @@ def aggregation_settings(config: Config) -> AggregationSettings:
     )
 
 
+# Series rolled up between checks of roll_slice's budget (a few to tens of microseconds each).
+ROLL_STEP = 64
+
+
 class PurgeRecord(msgspec.Struct):
     """A purge as the write-ahead log keeps it."""
 
@@ -124,6 +128,7 @@ class Pipeline:
         closing periods as of now: a replay after kill -9 closes the same periods and purges
         at the same point, so purged windows do not come back."""
         self.advance()
+        self.aggregator.settle_rolls()
         if self.journal is not None:
             payload = msgspec.json.encode({"names": names, "olderThan": older_than})
             self.journal.log_audit(tenant, self.clock.now(), payload, kind=PAYLOAD_PURGE)
@@ -180,6 +185,8 @@ class Pipeline:
         if self.journal is None:
             return False
         self.catch_up()
+        # A checkpoint holds no roll-up half done (replay rolls up in one block).
+        self.aggregator.settle_rolls()
         # Late touches noted since the last flush are not in the log after this checkpoint.
         self._offer(self.aggregator, [])
         if background:
@@ -219,6 +226,17 @@ class Pipeline:
             for batch in batches:
                 self.hub.publish_batch(batch)
         return applied
+
+    def roll_slice(self, budget: float) -> bool:
+        """Run queued coarse roll-ups (and a queued prune) for about `budget` seconds; True
+        while some remain. The daemon calls it with its loop running in between, so a close of
+        an hour or a day for 100,000 series never holds ingest, queries or streams for long."""
+        aggregator = self.aggregator
+        began = time.perf_counter()
+        while aggregator.roll_some(ROLL_STEP):
+            if time.perf_counter() - began >= budget:
+                return True
+        return False
 
     def advance(self) -> list[FlushRecord]:
         self.catch_up()

@@ -22,7 +22,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain
+from itertools import accumulate, chain, islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -127,6 +127,23 @@ def _joined(held: _Deferred) -> npt.NDArray[np.float64]:
     return np.concatenate(pieces)
 
 
+class _RollJob:
+    """A coarse level's roll-up (1m into 5m, 5m into 1h, 1h into 1d) under way over
+    [old, boundary): the series to roll, in order (a finer roll-up queued before it may append
+    more: the cells it creates), and those rolled. Until a series is rolled, reads take its
+    level-`level` cells from `old` on (Aggregator._rolled_for), so every read stays exact."""
+
+    __slots__ = ("boundary", "done", "level", "old", "order", "position")
+
+    def __init__(self, level: int, old: int, boundary: int, series: list[Series]) -> None:
+        self.level = level
+        self.old = old
+        self.boundary = boundary
+        self.order = series
+        self.position = 0
+        self.done: set[Series] = set()
+
+
 def _fold(held: _Deferred) -> None:
     """Apply deferred distribution samples exactly as the hot path would have, in order."""
     cell, series, weight, values, arrays = held
@@ -214,6 +231,13 @@ class Aggregator:
         self._periods: dict[int, int] = {}
         # Distinct sample tuples in the last run apply_many tried to count (see there).
         self._distinct_seen = 0
+        # With background_rolls (the daemon), advance rolls only slices up at once; coarse
+        # roll-ups are queued here and run series by series (roll_some) between other work.
+        self.background_rolls = False
+        self._jobs: list[_RollJob] = []
+        # A prune queued with background_rolls: the series to prune, and how many are done.
+        self._to_prune: list[Series] | None = None
+        self._pruned = 0
 
     # ------------------------------------------------------------------ ingest
 
@@ -647,6 +671,9 @@ class Aggregator:
             self.touched[series] = when
         cells = []
         targets = [series, self._totals_for(series)]
+        if self._jobs:
+            for target in targets:
+                self._settle_series(target)
         for level in range(1, LEVEL_COUNT):
             start = align(when, self.level_seconds[level])
             for target in targets:
@@ -673,6 +700,10 @@ class Aggregator:
             cell = series.writable(level)[start] = series.new_cell()
             if level + 1 < LEVEL_COUNT:
                 self._pending[level][series] = None
+                for job in self._jobs:
+                    # A queued roll-up of this level must roll the new cell too.
+                    if job.level == level and start < job.boundary and series not in job.done:
+                        job.order.append(series)
         return cell
 
     def _period(self, start: int) -> int:
@@ -692,7 +723,8 @@ class Aggregator:
 
     def advance(self, now: float) -> list[FlushRecord]:
         """Close every period that ended by `now`: returns the flush view of the closed
-        slices, rolls them up, then rolls up coarser levels, prunes and expires."""
+        slices, rolls them up, then rolls up coarser levels (or queues those roll-ups, with
+        `background_rolls`), prunes and expires."""
         self.now = max(self.now, now)
         self._settle_deferred()
         view: list[FlushRecord] = []
@@ -704,49 +736,144 @@ class Aggregator:
             old = self.rolled_until[level]
             if boundary <= old:
                 continue
-            self._roll(level, old, boundary, view if level == 0 else None)
+            if level == 0:
+                self._roll_slices(old, boundary, view)
+            else:
+                pending = self._pending[level]
+                self._pending[level] = {}
+                if self.background_rolls:
+                    # A level's previous roll-up (and those queued before it) must be done
+                    # before its next one starts.
+                    while any(job.level == level for job in self._jobs):
+                        self._run_job(self._jobs[0], math.inf)
+                    self._jobs.append(_RollJob(level, old, boundary, list(pending)))
+                else:
+                    for series in pending:
+                        self._roll_series(series, level, old, boundary)
             self.rolled_until[level] = boundary
         if self.settings.emit_idle_gauges:
             view.extend(self._idle_gauges(view))
         if self.now - self._last_housekeeping >= 60.0:
             self._last_housekeeping = self.now
-            self.prune()
+            if self.background_rolls:
+                self._to_prune = self.table.all_series()  # after the queued roll-ups (roll_some)
+            else:
+                self.prune()
         return view
 
-    def _roll(self, level: int, old: int, boundary: int, view: list[FlushRecord] | None) -> None:
+    def _roll_slices(self, old: int, boundary: int, view: list[FlushRecord]) -> None:
+        """Merge the slices in [old, boundary) into their 1m cells and their metrics' 1m cells
+        (in pending order: the order of float sums repeats exactly on replay), drop them and
+        list them in the flush view."""
+        minute = self.level_seconds[1]
+        pending = self._pending[0]
+        still_pending: dict[Series, None] = {}
+        # A metric's slices are merged into its name-level cell at once, in the same order.
+        to_totals: dict[int, tuple[Cell, list[Cell]]] = {}
+        for series in pending:
+            cells = series.levels[0]
+            if len(cells) == 1:
+                only = next(iter(cells))
+                starts = [only] if old <= only < boundary else []
+            else:
+                starts = sorted(s for s in cells if old <= s < boundary)
+            if starts:
+                totals = self._totals_for(series)
+                for start in starts:
+                    cell = cells.pop(start)
+                    upper_start = start - start % minute
+                    self._cell(series, 1, upper_start).merge(cell)
+                    total_cell = self._cell(totals, 1, upper_start)
+                    held = to_totals.get(id(total_cell))
+                    if held is None:
+                        to_totals[id(total_cell)] = (total_cell, [cell])
+                    else:
+                        held[1].append(cell)
+                    view.append(FlushRecord(series, start, cell))
+            if series.slice_start < boundary:
+                series.slice_cell = None
+                series.slice_start = -1
+            if cells:
+                still_pending[series] = None
+            else:
+                series.release(0)
+        for total_cell, parts in to_totals.values():
+            total_cell.merge_all(parts)
+        self._pending[0] = still_pending
+
+    def _roll_series(self, series: Series, level: int, old: int, boundary: int) -> None:
+        """Merge one series' level-`level` cells in [old, boundary) into their coarser cells
+        (each series' own: the order between series does not matter)."""
         length = self.level_seconds[level]
         upper_length = self.level_seconds[level + 1]
-        pending = self._pending[level]
-        still_pending: dict[Series, None] = {}
-        for series in pending:
-            cells = series.levels[level]
-            starts = (
-                sorted(s for s in cells if old <= s < boundary)
-                if level == 0
-                else [s for s in range(old, boundary, length) if s in cells]
-            )
-            totals = self._totals_for(series) if level == 0 else None
-            for start in starts:
-                cell = cells[start]
-                upper_start = align(start, upper_length)
-                self._cell(series, level + 1, upper_start).merge(cell)
-                if totals is not None:
-                    self._cell(totals, level + 1, upper_start).merge(cell)
-                if level == 0:
-                    del cells[start]
-                    if view is not None:
-                        view.append(FlushRecord(series, start, cell))
-            if level == 0:
-                if series.slice_start < boundary:
-                    series.slice_cell = None
-                    series.slice_start = -1
-                if cells:
-                    still_pending[series] = None
-                else:
-                    series.release(0)
-            elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
-                still_pending[series] = None
-        self._pending[level] = still_pending
+        cells = series.levels[level]
+        if cells:
+            for start in range(old, boundary, length):
+                cell = cells.get(start)
+                if cell is not None:
+                    self._cell(series, level + 1, start - start % upper_length).merge(cell)
+            if boundary in cells or boundary + length in cells:
+                self._pending[level][series] = None
+
+    # ------------------------------------------------------------------ queued roll-ups
+
+    @property
+    def rolling(self) -> bool:
+        """Whether queued coarse roll-ups or a queued prune remain (see roll_some)."""
+        return bool(self._jobs) or self._to_prune is not None
+
+    def roll_some(self, count: int) -> bool:
+        """Roll up to `count` series of the queued coarse roll-ups, then prune up to what is
+        left of `count` series (pruning after every roll-up queued before it: a cell is
+        never dropped before it is merged upwards); True while some work remains."""
+        left: float = count
+        while self._jobs and left > 0:
+            left = self._run_job(self._jobs[0], left)
+        to_prune = self._to_prune
+        if to_prune is not None and not self._jobs:
+            end = min(self._pruned + max(int(left), 0), len(to_prune))
+            for series in islice(to_prune, self._pruned, end):
+                self._prune_series(series)
+            self._pruned = end
+            if end == len(to_prune):
+                self._prune_totals()
+                self._to_prune, self._pruned = None, 0
+        return self.rolling
+
+    def settle_rolls(self) -> None:
+        """Finish every queued roll-up and prune (before a checkpoint or a purge)."""
+        while self.roll_some(1 << 30):
+            pass
+
+    def _run_job(self, job: _RollJob, count: float) -> float:
+        """Roll up to `count` of the job's series; drops the job when done; returns what is
+        left of `count`."""
+        order, done = job.order, job.done
+        while count > 0 and job.position < len(order):
+            series = order[job.position]
+            job.position += 1
+            if series not in done:
+                done.add(series)
+                self._roll_series(series, job.level, job.old, job.boundary)
+                count -= 1
+        if job.position >= len(order):
+            self._jobs.remove(job)
+        return count
+
+    def _settle_series(self, series: Series) -> None:
+        """Roll one series in every queued roll-up now, in order (a late sample is about to
+        land in its closed windows)."""
+        for job in self._jobs:
+            if series not in job.done:
+                job.done.add(series)
+                self._roll_series(series, job.level, job.old, job.boundary)
+
+    def _rolled_for(self, series: Series, level: int) -> int:
+        """Where `series`' level-`level` cells stop having been merged upwards."""
+        for job in self._jobs:
+            if job.level == level and series not in job.done:
+                return job.old
+        return self.rolled_until[level]
 
     def start_at(self, now: float) -> None:
         """Move an empty aggregator's clock back to `now` (replaying a log from its start):
@@ -820,15 +947,20 @@ class Aggregator:
     def prune(self) -> None:
         """Drop windows past their retention, series idle past their expiry, and empty
         name-level aggregates."""
-        retention = self.settings.retention
-        cutoff_idle = self.now - self.settings.series_idle_expiry
         for series in self.table.all_series():
-            self._prune_levels(series, retention)
-            if series.last_seen < cutoff_idle:
-                self._by_identity.clear()
-                self.table.remove(series)
-                for pending in self._pending:
-                    pending.pop(series, None)
+            self._prune_series(series)
+        self._prune_totals()
+
+    def _prune_series(self, series: Series) -> None:
+        self._prune_levels(series, self.settings.retention)
+        if series.last_seen < self.now - self.settings.series_idle_expiry:
+            self._by_identity.clear()
+            self.table.remove(series)
+            for pending in self._pending:
+                pending.pop(series, None)
+
+    def _prune_totals(self) -> None:
+        retention = self.settings.retention
         for key, totals in list(self.name_totals.items()):
             self._prune_levels(totals, retention)
             if key not in self.table.by_name and not any(totals.levels):
@@ -860,9 +992,10 @@ class Aggregator:
             parts.append(cell)
         # Nothing can exist much past now, so never walk the future part of a long period.
         end = min(start + self.level_seconds[level], int(self.now + 2 * FUTURE_TOLERANCE))
+        jobs = self._jobs
         for finer in range(level - 1, -1, -1):
             length = self.level_seconds[finer]
-            lo = max(start, self.rolled_until[finer])
+            lo = max(start, self._rolled_for(series, finer) if jobs and finer else self.rolled_until[finer])
             if lo >= end:
                 continue
             cells = series.levels[finer]

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +64,13 @@ COARSE_LEVELS = (2, 3, 4)
 # Closed coarse windows written per pass at most: an hour or a day closing spreads over a few
 # flushes instead of making one flush four times as large.
 COARSE_PER_PASS = 50_000
-# Aggregate rows per COPY + upsert (the next batch is encoded while one is upserted).
-ROWS_PER_BATCH = 20_000
+# Aggregate rows per COPY + upsert (the next batch is encoded while one is upserted): small
+# enough that the last batch's upsert, which nothing overlaps, is short.
+ROWS_PER_BATCH = 10_000
+# Connections that upsert one pass's batches side by side (PostgreSQL runs a process per
+# connection: the upsert, most of a flush's time, spreads over cores). Taken from the pool,
+# leaving two for queries and maintenance.
+UPSERT_CONNECTIONS = 2
 # Raw rows per COPY (whole batches; at least one).
 RAW_ROWS_PER_COPY = 200_000
 AUDIT_CHUNK = 5000
@@ -96,6 +101,24 @@ def _lower(held: dict[DirtyKey, float], key: DirtyKey, when: float) -> None:
     old = held.get(key)
     if old is None or when < old:
         held[key] = when
+
+
+async def _all_or_none(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the jobs as tasks until all are done; on the first failure cancel the others and
+    raise that failure as it is (the writer's retry matches on its type)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
 
 
 def _absorb(
@@ -177,6 +200,7 @@ class PostgresSink:
         self.known_days: set[Any] = set()
         self.last_flush_seconds = 0.0
         self.last_flush_rows = 0
+        self.last_flush_phases: dict[str, float] = {}
         self.longest_slice = 0.0
         self.schema_version: int | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -509,45 +533,60 @@ class PostgresSink:
         self.written_until = max(self.written_until, until)
         self.last_flush_seconds = time.perf_counter() - began
         self.last_flush_rows = plan.rows
+        self.last_flush_phases = plan.phases
         self.status_.written += plan.rows
 
+    def _upsert_connections(self) -> int:
+        return max(1, min(UPSERT_CONNECTIONS, self.settings.pool_size - 2))
+
     async def _copy_and_upsert(self, conn: asyncpg.Connection, plan: AggregatePlan) -> None:
-        """In one transaction, each batch the plan encodes is copied into the staging table and
-        upserted; the next batch is encoded while PostgreSQL works on the previous one."""
-        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+        """Each batch the plan encodes is copied into a staging table and upserted, on one of
+        `_upsert_connections()` connections, each in its own transaction; the next batches are
+        encoded while PostgreSQL works on the previous ones. Every key of a pass is in one
+        batch, so the connections write disjoint rows (no lock waits between them); if one
+        fails, the pass is retried whole (rows are keyed: rewriting them is harmless)."""
+        assert self.pool is not None
+        phases = plan.phases
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [conn]
+            for _ in range(self._upsert_connections() - 1):
+                conns.append(await stack.enter_async_context(self.pool.acquire(timeout=self.settings.connect_timeout)))
+            ready: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-        async def produce() -> None:
-            try:
-                async for batch in plan.batches():
-                    ready.put_nowait(batch)
-                    while ready.qsize() >= 2:  # at most two batches ahead of PostgreSQL
-                        await asyncio.sleep(0.005)
-            finally:
-                ready.put_nowait(None)  # the end, or the producer's failure: the consumer stops
+            async def produce() -> None:
+                try:
+                    async for batch in plan.batches():
+                        ready.put_nowait(batch)
+                        while ready.qsize() >= 2 * len(conns):  # bounded ahead of PostgreSQL
+                            await asyncio.sleep(0.005)
+                finally:
+                    for _ in conns:  # the end, or the producer's failure: every consumer stops
+                        ready.put_nowait(None)
 
-        async with conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
-                "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            producer = asyncio.create_task(produce())
-            try:
-                while (batch := await ready.get()) is not None:
-                    await conn.copy_to_table(
-                        "agg_stage",
-                        source=memoryview(batch),  # bytes would be taken for a path
-                        columns=AGGREGATE_COLUMNS,
-                        format="binary",
-                        timeout=self.settings.write_timeout,
+            async def consume(writer: asyncpg.Connection) -> None:
+                async with writer.transaction():
+                    await writer.execute(
+                        "CREATE TEMP TABLE IF NOT EXISTS agg_stage "
+                        "(LIKE metrics_aggregated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                     )
-                    await conn.execute(UPSERT)
-                    await conn.execute("TRUNCATE agg_stage")
-                await producer  # its error, if it failed
-            finally:
-                if not producer.done():
-                    producer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await producer
+                    while (batch := await ready.get()) is not None:
+                        began = time.perf_counter()
+                        await writer.copy_to_table(
+                            "agg_stage",
+                            source=memoryview(batch),  # bytes would be taken for a path
+                            columns=AGGREGATE_COLUMNS,
+                            format="binary",
+                            timeout=self.settings.write_timeout,
+                        )
+                        copied = time.perf_counter()
+                        await writer.execute(UPSERT)
+                        await writer.execute("TRUNCATE agg_stage")
+                        phases["copy"] += copied - began
+                        phases["upsert"] += time.perf_counter() - copied
+                    began = time.perf_counter()
+                phases["commit"] = max(phases["commit"], time.perf_counter() - began)
+
+            await _all_or_none([produce(), *(consume(writer) for writer in conns)])
 
     async def drain(self) -> None:
         if self.pool is None or self.disabled_reason:
@@ -576,6 +615,7 @@ class PostgresSink:
                 "auditQueued": len(self.audit),
                 "lastFlushSeconds": round(self.last_flush_seconds, 3),
                 "lastFlushRows": self.last_flush_rows,
+                "lastFlushPhasesSeconds": {k: round(v, 3) for k, v in self.last_flush_phases.items()},
                 "longestLoopSliceMs": round(self.longest_slice * 1000, 1),
             }
         )
@@ -598,6 +638,9 @@ class AggregatePlan:
         self.rows = 0
         # (level, key) -> the start of the window it is owed from after this pass.
         self.settled: list[tuple[int, DirtyKey, int]] = []
+        # Seconds spent per phase: encoding rows (event loop), COPY and upsert (summed over the
+        # connections), the slowest commit.
+        self.phases = {"encode": 0.0, "copy": 0.0, "upsert": 0.0, "commit": 0.0}
 
     def _source(self, key: DirtyKey) -> tuple[Series | None, MetricType | None]:
         """The series (None for a name-level key) and its type; type None when gone."""
@@ -626,6 +669,7 @@ class AggregatePlan:
         seconds = aggregator.level_seconds[level]
         prefix = self.sink.aggregate_rows.prefix(tenant, name, tags, metric_type)
         row = AggregateRows.row
+        until = self.until
         for start in range(first, stop, seconds):
             if series is None:
                 parts = aggregator.read_name_totals(tenant, name, level, start)
@@ -633,7 +677,7 @@ class AggregatePlan:
                 parts = aggregator.read(series, level, start)
             cell = merge_cells(parts)
             if cell is not None and not cell.is_empty:
-                out += row(prefix, level, start, seconds, cell)
+                out += row(prefix, level, start, seconds, cell, start + seconds <= until)
                 self.rows += 1
 
     async def batches(self) -> AsyncIterator[bytes]:
@@ -648,12 +692,17 @@ class AggregatePlan:
         minute = self.aggregator.level_seconds[1]
 
         def work() -> Iterator[None]:
-            """Encodes one key's windows per step."""
-            for key, earliest in self.taken.items():
-                self._windows(key, 1, int(earliest // minute) * minute, last + 1, out)
-                for held in coarse.values():
-                    _lower(held, key, earliest)
-                yield
+            """Encodes a few keys' windows per step (a step per key cost a tenth of the time)."""
+            owed_levels = list(coarse.values())
+            windows = self._windows
+            for n, (key, earliest) in enumerate(self.taken.items()):
+                windows(key, 1, int(earliest // minute) * minute, last + 1, out)
+                for held in owed_levels:  # _lower, inlined
+                    owed = held.get(key)
+                    if owed is None or earliest < owed:
+                        held[key] = earliest
+                if not n & 15:
+                    yield
             budget = COARSE_PER_PASS
             for level, held in coarse.items():
                 seconds = self.aggregator.level_seconds[level]
@@ -671,15 +720,20 @@ class AggregatePlan:
                     self.settled.append((level, key, boundary))
                     yield
 
+        phases = self.phases
         for _ in work():
             if self.rows - batch_start >= ROWS_PER_BATCH:
                 out += copy.TRAILER
+                phases["encode"] += time.perf_counter() - slicer.began
                 yield bytes(out)
+                slicer.began = time.perf_counter()
                 out[:] = copy.HEADER
                 batch_start = self.rows
             if slicer.due():
                 sink._slice_took(slicer)
+                phases["encode"] += time.perf_counter() - slicer.began
                 await slicer.pause()
+        phases["encode"] += time.perf_counter() - slicer.began
         if self.rows > batch_start:
             out += copy.TRAILER
             yield bytes(out)
