@@ -28,10 +28,20 @@ import msgspec
 
 from collectord.aggregation.aggregator import Aggregator, FlushRecord
 from collectord.config import Config
+from collectord.ingest.frame import BadFrame, Frame, ReplayTables
 from collectord.model import MetricType, Sample
 from collectord.protocols.line import LineParser
 from collectord.protocols.statsd import StatsdParser
-from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_PURGE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.ring import (
+    PAYLOAD_AUDIT,
+    PAYLOAD_FRAME,
+    PAYLOAD_FRAME_KEYS,
+    PAYLOAD_LINE,
+    PAYLOAD_PURGE,
+    PAYLOAD_SAMPLES,
+    PAYLOAD_STATSD,
+    Batch,
+)
 from collectord.storage.checkpoint import CheckpointError, CheckpointStore, capture, restore
 from collectord.storage.wal import WalError, WalPosition, WriteAheadLog
 
@@ -200,11 +210,27 @@ class Journal:
         slice_len: int,
         fresh: bool,
     ) -> None:
+        # Workers' frames name series by ids defined in earlier frames and key records.
+        tables = ReplayTables()
         for record in self.wal.replay(after):
             if fresh:
                 aggregator.start_at(record.received_at)
                 fresh = False
             samples: list[Sample] = []
+            frame: Frame | None = None
+            if record.kind in (PAYLOAD_FRAME, PAYLOAD_FRAME_KEYS):
+                try:
+                    if record.kind == PAYLOAD_FRAME_KEYS:
+                        tables.define(record.payload)
+                        continue
+                    frame = tables.decode(record.payload)
+                except BadFrame as error:
+                    log.warning(
+                        "undecodable frame in the write-ahead log; skipped",
+                        extra={"at": record.end, "error": str(error)},
+                    )
+                    continue
+                samples = frame.raw
             if record.kind == PAYLOAD_AUDIT:
                 if self.on_replayed is not None:
                     self.on_replayed(Batch(record.tenant, [], record.received_at, record.kind, record.payload))
@@ -228,12 +254,15 @@ class Journal:
                 if self.on_purge is not None:
                     self.on_purge(aggregator, record.tenant, record.payload)
                 continue
-            batch = Batch(record.tenant, samples, record.received_at, record.kind)
-            aggregator.apply_deferred(batch)
+            batch = Batch(record.tenant, samples, record.received_at, record.kind, frame=frame)
+            if frame is not None:
+                aggregator.apply_frame(frame)
+            else:
+                aggregator.apply_deferred(batch)
             if self.on_replayed is not None:
                 self.on_replayed(batch)
             self.recovery.replayed_records += 1
-            self.recovery.replayed_samples += len(samples)
+            self.recovery.replayed_samples += len(samples) if frame is None else frame.samples
 
     # ------------------------------------------------------------------ running
 
