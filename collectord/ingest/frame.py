@@ -254,7 +254,7 @@ class FrameBuilder:
             repeat = 1 if times is None else times[id(sample)]
             if ts is not None or (followed and key[0] in followed):
                 in_order = True  # sent raw, in arrival order (below)
-                if kind == KIND_GAUGE or kind == KIND_GAUGE_DELTA:
+                if kind in (KIND_GAUGE, KIND_GAUGE_DELTA):
                     raw_gauges.add(sid)  # its other samples too: a delta resolves in order
                 continue
             if kind == KIND_COUNTER:

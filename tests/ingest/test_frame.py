@@ -61,7 +61,7 @@ def intervals(draw: st.DrawFn) -> list[list[Sample]]:
     """Samples of a few ship intervals; about half of them repeated tuples, as the parser's line
     cache hands out for a repeated line."""
     pool: list[Sample] = []
-    out = []
+    out: list[list[Sample]] = []
     for _ in range(draw(st.integers(1, 4))):
         frame: list[Sample] = []
         for _ in range(draw(st.integers(0, 60))):
@@ -90,7 +90,9 @@ def fresh() -> Aggregator:
     return Aggregator(Limits(), AggregationSettings(), T0)
 
 
-def through_frames(frames: list[list[Sample]], followed: frozenset[str] = frozenset()) -> tuple[Aggregator, list[bytes]]:
+def through_frames(
+    frames: list[list[Sample]], followed: frozenset[str] = frozenset()
+) -> tuple[Aggregator, list[bytes]]:
     builder, table, agg = FrameBuilder(), KeyTable(), fresh()
     bodies = []
     for i, samples in enumerate(frames):
@@ -156,8 +158,8 @@ def test_replay_of_logged_frames_gives_the_same_state(frames: list[list[Sample]]
 
 
 def test_repeated_counter_lines_become_one_entry() -> None:
-    line = (("hits", ()), KIND_COUNTER, 1.0, 1.0, None)
-    other = (("misses", ()), KIND_COUNTER, 2.0, 1.0, None)
+    line: Sample = (("hits", ()), KIND_COUNTER, 1.0, 1.0, None)
+    other: Sample = (("misses", ()), KIND_COUNTER, 2.0, 1.0, None)
     body = FrameBuilder().build("default", T0 + 1.0, [line] * 1000 + [other] * 10, frozenset())
     wire = msgspec.msgpack.decode(body, type=WireFrame)
     assert sorted(wire.counters) == [(0, 1000, 1000.0, 1000.0, 1.0, 1.0, 1.0), (1, 10, 10.0, 20.0, 2.0, 2.0, 2.0)]
@@ -183,7 +185,9 @@ def test_undefined_ids_are_refused_before_anything_is_applied() -> None:
     with pytest.raises(BadFrame):
         KeyTable().decode(body)
     bad_kind = msgspec.msgpack.encode(
-        WireFrame(0, T0 + 1.0, "default", [(0, "a", ())], [], [], [(0, KIND_COUNTER, 1.0, 1, 1, 1, 1, 1, [1.0])], [], [])
+        WireFrame(
+            0, T0 + 1.0, "default", [(0, "a", ())], [], [], [(0, KIND_COUNTER, 1.0, 1, 1, 1, 1, 1, [1.0])], [], []
+        )
     )
     with pytest.raises(BadFrame):
         KeyTable().decode(bad_kind)
