@@ -228,23 +228,17 @@ class Sketch:
                 self._settle()
 
     def add_list(self, values: list[float], weight: float = 1.0) -> None:
-        """add() for each of `values` in turn, with one list extend at the unit weight (a worker's
+        """add() for each of `values` in turn, as one list extend at the unit weight (a worker's
         frame hands the owner a series' values of one interval at once)."""
-        if not values:
-            return
-        if weight != self._unit or self._pending is None:
-            self.add(values[0], weight)  # decides the unit (or not) exactly as add() does
-            values = values[1:]
-            if weight != self._unit:
-                for value in values:
-                    self.add(value, weight)
-                return
         pending = self._pending
-        if pending is None:
-            self._pending = pending = []
-        pending.extend(values)
-        if len(pending) >= PENDING_MAX:
-            self._settle()
+        if pending is not None and weight == self._unit:
+            pending.extend(values)
+            if len(pending) >= PENDING_MAX:
+                self._settle()
+            return
+        add = self.add
+        for value in values:
+            add(value, weight)
 
     def _settle(self) -> None:
         """Put the values add() held back into the stores."""

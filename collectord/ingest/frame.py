@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import re
 import struct
+from array import array
 from collections import Counter
+from itertools import accumulate
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -59,6 +61,8 @@ MAX_FRAME_SAMPLES = 200_000
 MAX_TABLE_KEYS = 1 << 21
 # A distinct-tuple pass (counting repeated lines in C) pays when tuples repeat this often.
 COUNT_REPEATS = 3
+# ... judged on the interval's first samples.
+PROBE = 512
 
 _TENANT = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _DISTRIBUTIONS = frozenset({KIND_HISTOGRAM, KIND_SUMMARY})
@@ -73,15 +77,41 @@ KeyDef = tuple[int, str, tuple[tuple[str, str], ...]]
 
 
 class WireFrame(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """The frame on the wire. Entries travel as columns (native-endian int64 and float64 arrays,
+    row after row): the owner turns each into rows in C instead of decoding an object per entry.
+    """
+
     epoch: int
     received_at: float
     tenant: str
     keys: list[KeyDef]
-    counters: list[CounterEntry]
-    gauges: list[GaugeEntry]
-    dists: list[DistEntry]
-    sets: list[SetEntry]
-    raw: list[RawEntry]
+    counter_ints: bytes = b""  # id, samples
+    counter_floats: bytes = b""  # count, sum, min, max, last
+    gauge_ints: bytes = b""  # id, samples
+    gauge_floats: bytes = b""  # sum, min, max, last, total
+    dist_ints: bytes = b""  # id, kind, number of values
+    dist_floats: bytes = b""  # weight, count, sum, sum of squares, min, max
+    dist_values: bytes = b""  # every entry's values, one entry after another
+    sets: list[SetEntry] = msgspec.field(default_factory=list)
+    raw: list[RawEntry] = msgspec.field(default_factory=list)
+
+
+def _column(kind: str, raw: bytes) -> list[Any]:
+    values = array(kind)
+    try:
+        values.frombytes(raw)
+    except ValueError as error:
+        raise BadFrame("torn column") from error
+    return values.tolist()
+
+
+def _rows(ints_raw: bytes, floats_raw: bytes, width_ints: int, width_floats: int) -> list[tuple[Any, ...]]:
+    ints, floats = _column("q", ints_raw), _column("d", floats_raw)
+    rows = len(ints) // width_ints
+    if len(ints) != rows * width_ints or len(floats) != rows * width_floats:
+        raise BadFrame("columns of different lengths")
+    columns = [ints[i::width_ints] for i in range(width_ints)] + [floats[i::width_floats] for i in range(width_floats)]
+    return list(zip(*columns, strict=True))
 
 
 class WireStats(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -172,15 +202,30 @@ class KeyTable:
         self.define(wire.epoch, wire.keys)
         keys = self.keys
         known = len(keys)
-        for entries in (wire.counters, wire.gauges, wire.dists, wire.sets):
+        counters: list[CounterEntry] = _rows(wire.counter_ints, wire.counter_floats, 2, 5)
+        gauges: list[GaugeEntry] = _rows(wire.gauge_ints, wire.gauge_floats, 2, 5)
+        heads = _rows(wire.dist_ints, wire.dist_floats, 3, 6)
+        values = _column("d", wire.dist_values)
+        dists: list[DistEntry] = []
+        if heads:
+            sizes = list(map(itemgetter(2), heads))
+            if min(sizes) < 1 or sum(sizes) != len(values):
+                raise BadFrame("distribution values do not add up")
+            ends = list(accumulate(sizes))
+            parts = [values[end - size : end] for end, size in zip(ends, sizes, strict=True)]
+            dists = [
+                (sid, kind, weight, count, total, squares, lo, hi, part)
+                for (sid, kind, _, weight, count, total, squares, lo, hi), part in zip(heads, parts, strict=True)
+            ]
+        elif values:
+            raise BadFrame("distribution values without entries")
+        for entries in (counters, gauges, dists, wire.sets):
             if entries:
                 ids = list(map(itemgetter(0), entries))
                 if min(ids) < 0 or max(ids) >= known:
                     raise BadFrame("undefined key id")
-        if wire.dists and (
-            not set(map(itemgetter(1), wire.dists)) <= _DISTRIBUTIONS or not all(map(itemgetter(8), wire.dists))
-        ):
-            raise BadFrame("bad distribution entry")
+        if dists and not set(map(itemgetter(1), dists)) <= _DISTRIBUTIONS:
+            raise BadFrame("bad distribution kind")
         raw: list[Sample] = []
         for sid, kind, value, weight, ts in wire.raw:
             if not 0 <= sid < known or kind not in _KINDS or (type(value) is str) != (kind == KIND_SET):
@@ -188,14 +233,12 @@ class KeyTable:
             raw.append((keys[sid], kind, value, weight, ts))
         samples = (
             len(raw)
-            + sum(map(itemgetter(1), wire.counters))
-            + sum(map(itemgetter(1), wire.gauges))
-            + sum(len(entry[8]) for entry in wire.dists)
+            + sum(map(itemgetter(1), counters))
+            + sum(map(itemgetter(1), gauges))
+            + len(values)
             + sum(map(itemgetter(1), wire.sets))
         )
-        return Frame(
-            wire.received_at, wire.tenant, keys, wire.counters, wire.gauges, wire.dists, wire.sets, raw, samples
-        )
+        return Frame(wire.received_at, wire.tenant, keys, counters, gauges, dists, wire.sets, raw, samples)
 
 
 class FrameBuilder:
@@ -230,27 +273,30 @@ class FrameBuilder:
             self._by_id.clear()
             self._new = []
         n = len(samples)
-        ids = list(map(id, samples))
-        last_at = dict(zip(ids, range(n), strict=True))
         times: Counter[int] | None = None
-        if len(last_at) * COUNT_REPEATS <= n:
+        probe = samples[:PROBE]
+        if len(set(map(id, probe))) * COUNT_REPEATS <= len(probe):
             # Repeated lines are the very same tuple: count them in C, work once per distinct one,
             # in order of last occurrence (so each series' `last` is its last sample's).
+            ids = list(map(id, samples))
+            last_at = dict(zip(ids, range(n), strict=True))
             times = Counter(ids)
             order = [samples[i] for i in sorted(last_at.values())]
         else:
             order = samples
         counters: dict[int, list[float]] = {}
         gauges: dict[int, list[float]] = {}
-        dists: dict[tuple[int, float], list[float]] = {}
-        dist_kind: dict[tuple[int, float], int] = {}
+        # (sid, weight) -> [kind, values]; the slot is the bare sid at weight 1 (the usual case).
+        dists: dict[int | tuple[int, float], list[Any]] = {}
         sets: dict[int, tuple[list[int], set[str], list[str]]] = {}
         raw_gauges: set[int] = set()
         in_order = False
         sid_of = self._sid
+        by_id = self._by_id
         for sample in order:
             key, kind, value, weight, ts = sample
-            sid = sid_of(key)
+            known = by_id.get(id(key))
+            sid = known[1] if known is not None and known[0] is key else sid_of(key)
             repeat = 1 if times is None else times[id(sample)]
             if ts is not None or (followed and key[0] in followed):
                 in_order = True  # sent raw, in arrival order (below)
@@ -272,16 +318,19 @@ class FrameBuilder:
                     if v > acc[4]:
                         acc[4] = v
                     acc[5] = v
-            elif kind in _DISTRIBUTIONS:
-                slot = (sid, weight)
+            elif kind in (KIND_HISTOGRAM, KIND_SUMMARY):
+                slot = sid if weight == 1.0 else (sid, weight)
                 held = dists.get(slot)
                 if held is None:
-                    dists[slot] = [value] * repeat  # type: ignore[list-item]
-                    dist_kind[slot] = kind
+                    dists[slot] = [kind, [value] * repeat]
+                elif repeat == 1:
+                    held[1].append(value)
+                    if kind != held[0]:
+                        held[0] = -1  # one series, two kinds: raw keeps the order
                 else:
-                    held.extend([value] * repeat)  # type: ignore[list-item]
-                    if kind != dist_kind[slot]:
-                        dist_kind[slot] = -1  # one series, two kinds: raw keeps the order
+                    held[1].extend([value] * repeat)
+                    if kind != held[0]:
+                        held[0] = -1
             elif kind == KIND_GAUGE:
                 v = float(value)
                 acc = gauges.get(sid)
@@ -306,27 +355,45 @@ class FrameBuilder:
                         held_set[2].append(value)  # type: ignore[arg-type]
             else:  # a gauge delta: the series goes raw, in order (below)
                 raw_gauges.add(sid)
-        mixed = {slot for slot, kind in dist_kind.items() if kind < 0}
-        if len(dists) > len({sid for sid, _ in dists}):
-            dists = self._last_slot_last(order, dists, followed)
+        slots: dict[tuple[int, float], list[Any]] = {
+            (slot, 1.0) if isinstance(slot, int) else slot: held for slot, held in dists.items()
+        }
+        mixed = {slot for slot, held in slots.items() if held[0] < 0}
+        if len(slots) > len({sid for sid, _ in slots}):
+            slots = self._last_slot_last(order, slots, followed)
         raw: list[RawEntry] = []
         if in_order or raw_gauges or mixed:
             raw = self._ordered_raw(samples, raw_gauges, {sid for sid, _ in mixed}, followed)
             for sid in raw_gauges:
                 gauges.pop(sid, None)
             for slot in mixed:
-                del dists[slot]
+                del slots[slot]
+        counter_ints, counter_floats = array("q"), array("d")
+        for sid, a in counters.items():
+            counter_ints.extend((sid, int(a[0])))
+            counter_floats.extend((a[1], a[2], a[3], a[4], a[5]))
+        gauge_ints, gauge_floats = array("q"), array("d")
+        for sid, a in gauges.items():
+            gauge_ints.extend((sid, int(a[0])))
+            gauge_floats.extend((a[1], a[2], a[3], a[4], a[1]))
+        dist_ints, dist_floats, dist_values = array("q"), array("d"), array("d")
+        for (sid, weight), (kind, values) in slots.items():
+            dist_ints.extend((sid, kind, len(values)))
+            dist_floats.append(weight)
+            dist_floats.extend(_moments(values, weight))
+            dist_values.extend(values)
         wire = WireFrame(
             self.epoch,
             received_at,
             tenant,
             self._new,
-            [(sid, int(a[0]), a[1], a[2], a[3], a[4], a[5]) for sid, a in counters.items()],
-            [(sid, int(a[0]), a[1], a[2], a[3], a[4], a[1]) for sid, a in gauges.items()],
-            [
-                (sid, dist_kind[(sid, weight)], weight, *_moments(values, weight), values)
-                for (sid, weight), values in dists.items()
-            ],
+            counter_ints.tobytes(),
+            counter_floats.tobytes(),
+            gauge_ints.tobytes(),
+            gauge_floats.tobytes(),
+            dist_ints.tobytes(),
+            dist_floats.tobytes(),
+            dist_values.tobytes(),
             [(sid, held[0][0], held[2]) for sid, held in sets.items()],
             raw,
         )
@@ -334,8 +401,8 @@ class FrameBuilder:
         return _frame_encoder.encode(wire)
 
     def _last_slot_last(
-        self, order: list[Sample], dists: dict[tuple[int, float], list[float]], followed: frozenset[str]
-    ) -> dict[tuple[int, float], list[float]]:
+        self, order: list[Sample], dists: dict[tuple[int, float], list[Any]], followed: frozenset[str]
+    ) -> dict[tuple[int, float], list[Any]]:
         """A series sent with two sample rates has an entry per rate: the one holding its last
         sample goes last, so the owner's `last` is that sample's value."""
         rank: dict[tuple[int, float], int] = {}
