@@ -61,8 +61,6 @@ MAX_FRAME_SAMPLES = 200_000
 MAX_TABLE_KEYS = 1 << 21
 # A distinct-tuple pass (counting repeated lines in C) pays when tuples repeat this often.
 COUNT_REPEATS = 3
-# ... judged on the interval's first samples.
-PROBE = 512
 
 _TENANT = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _DISTRIBUTIONS = frozenset({KIND_HISTOGRAM, KIND_SUMMARY})
@@ -274,12 +272,11 @@ class FrameBuilder:
             self._new = []
         n = len(samples)
         times: Counter[int] | None = None
-        probe = samples[:PROBE]
-        if len(set(map(id, probe))) * COUNT_REPEATS <= len(probe):
+        ids = list(map(id, samples))
+        last_at = dict(zip(ids, range(n), strict=True))
+        if len(last_at) * COUNT_REPEATS <= n:
             # Repeated lines are the very same tuple: count them in C, work once per distinct one,
             # in order of last occurrence (so each series' `last` is its last sample's).
-            ids = list(map(id, samples))
-            last_at = dict(zip(ids, range(n), strict=True))
             times = Counter(ids)
             order = [samples[i] for i in sorted(last_at.values())]
         else:

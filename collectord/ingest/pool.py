@@ -164,7 +164,9 @@ class WorkerPool:
         self.stats = PoolStats()
         self.interner = KeyInterner()
         self.udp: dict[str, socket.socket] = {}
-        self.tcp: dict[str, socket.socket] = {}
+        # One listening socket per worker (SO_REUSEPORT: the kernel spreads connections over
+        # them; a restarted worker gets its predecessor's socket, backlog included).
+        self.tcp: dict[str, list[socket.socket]] = {}
         self.receive_buffers: dict[str, int] = {}
         self.links: dict[int, _WorkerLink] = {}
         self.followed: frozenset[str] = frozenset()
@@ -185,7 +187,7 @@ class WorkerPool:
         if listen.statsd_udp:
             self.udp["statsd_udp"] = self._udp_socket(listen.statsd_udp, ingest.udp_receive_buffer)
         if listen.statsd_tcp:
-            self.tcp["statsd_tcp"] = self._tcp_socket(listen.statsd_tcp)
+            self.tcp["statsd_tcp"] = [self._tcp_socket(listen.statsd_tcp) for _ in range(max(self.size, 1))]
         for name in (*self.udp, *self.tcp):
             self.pipeline.counters_for(name)
 
@@ -206,10 +208,12 @@ class WorkerPool:
         host, port = split_host_port(address)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)
-        log.info("listening", extra={"source": "statsd_tcp", "address": address})
+        if not self.tcp.get("statsd_tcp"):
+            log.info("listening", extra={"source": "statsd_tcp", "address": address})
         return sock
 
     def kernel_drops(self) -> dict[str, int | None]:
@@ -237,7 +241,7 @@ class WorkerPool:
             tcp_max_connections=math.ceil(ingest.tcp_max_connections / max(self.size, 1)),
             owner_fd=owner_fd,
             udp=[(name, sock.fileno()) for name, sock in self.udp.items()],
-            tcp=[(name, sock.fileno()) for name, sock in self.tcp.items()],
+            tcp=[(name, socks[index].fileno()) for name, socks in self.tcp.items()],
         )
 
     async def _spawn(self, index: int) -> None:
@@ -245,7 +249,11 @@ class WorkerPool:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         settings = self._settings(index, theirs.fileno())
-        passed = [theirs.fileno(), *(s.fileno() for s in self.udp.values()), *(s.fileno() for s in self.tcp.values())]
+        passed = [
+            theirs.fileno(),
+            *(s.fileno() for s in self.udp.values()),
+            *(s[index].fileno() for s in self.tcp.values()),
+        ]
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "collectord.ingest.worker", msgspec.json.encode(settings).decode()],
@@ -309,7 +317,7 @@ class WorkerPool:
             await asyncio.to_thread(link.process.wait)
         if self._resumer is not None:
             self._resumer.cancel()
-        for sock in (*self.udp.values(), *self.tcp.values()):
+        for sock in (*self.udp.values(), *(s for socks in self.tcp.values() for s in socks)):
             sock.close()
 
     async def restart(self, config: Config) -> None:
