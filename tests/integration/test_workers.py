@@ -113,7 +113,7 @@ def test_same_packets_same_answers_with_and_without_workers(tmp_path: Path) -> N
         first, second = answers(single), answers(multi)
         assert first == second
         for daemon in (single, multi):
-            status, body = daemon.get("/api/v1/query?metric=w.level&start=-2h&granularity=1h&aggregation=COUNT")
+            _, body = daemon.get("/api/v1/query?metric=w.level&start=-2h&granularity=1h&aggregation=COUNT")
             assert body["data"][0]["count"] == len(payloads) + 100
             assert daemon.get("/api/v1/realtime?metric=w.level")[1]["value"] == len(payloads) + 100
         assert first["w.hits 1h"][0]["count"] > 0 and first["w.latency 1h"][0]["p99"] is not None
