@@ -86,6 +86,8 @@ class _WorkerLink(asyncio.Protocol):
         self.logged_epoch: int | None = None
         self.open_connections: dict[str, int] = {}
         self.said_bye = False
+        # Stopped on purpose (daemon stop or reload): not restarted when it exits.
+        self.retired = False
         self.closed = asyncio.get_running_loop().create_future()
         self.paused = False
 
@@ -286,7 +288,7 @@ class WorkerPool:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         code = await asyncio.to_thread(process.wait)
-        if self.stopping:
+        if self.stopping or link.retired:
             return
         lived = time.monotonic() - link.started_at
         self.stats.restarts += 1
@@ -300,10 +302,15 @@ class WorkerPool:
                 log.error("cannot restart worker", extra={"worker": link.index, "error": str(error)})
 
     async def stop(self) -> None:
-        """Ask every worker to ship what it holds and exit; wait for them (kill stragglers)."""
+        """Ask every worker to ship what it holds and exit, wait for them; close the sockets."""
+        await self._stop_workers()
+        self._close(self.udp, self.tcp)
+
+    async def _stop_workers(self) -> None:
         self.stopping = True
         links = list(self.links.values())
         for link in links:
+            link.retired = True
             link.resume()  # its last frames must be read even if the ring is full
             link.send(MSG_STOP, b"")
         if links:
@@ -317,26 +324,39 @@ class WorkerPool:
             await asyncio.to_thread(link.process.wait)
         if self._resumer is not None:
             self._resumer.cancel()
-        for sock in (*self.udp.values(), *(s for socks in self.tcp.values() for s in socks)):
+
+    @staticmethod
+    def _close(udp: dict[str, socket.socket], tcp: dict[str, list[socket.socket]]) -> None:
+        for sock in (*udp.values(), *(s for socks in tcp.values() for s in socks)):
             sock.close()
 
     async def restart(self, config: Config) -> None:
-        """New settings (a reload): stop the workers (they ship first), rebind moved listeners,
-        start them again."""
+        """New settings (a reload): stop the workers (they ship first), bind moved listeners
+        before closing the old sockets (unmoved ones stay open, their queues kept), start the
+        workers again. The number of workers needs a restart of the daemon."""
         old = self.config
-        await self.stop()
-        self.stopping = False
-        self.udp.clear()
-        self.tcp.clear()
+        await self._stop_workers()
+        config = msgspec.structs.replace(
+            config, ingest=msgspec.structs.replace(config.ingest, workers=old.ingest.workers)
+        )
         self.config = config
-        try:
-            self.bind()
-        except OSError as error:
-            log.error("cannot listen on the new address; keeping the old one", extra={"error": str(error)})
-            self.config = config = msgspec.structs.replace(config, listen=old.listen)
-            self.udp.clear()
-            self.tcp.clear()
-            self.bind()
+        moved = (old.listen.statsd_udp, old.listen.statsd_tcp) != (config.listen.statsd_udp, config.listen.statsd_tcp)
+        if moved:
+            old_udp, old_tcp = self.udp, self.tcp
+            self.udp, self.tcp = {}, {}
+            try:
+                self.bind()
+            except OSError as error:
+                log.error("cannot listen on the new address; keeping the old one", extra={"error": str(error)})
+                self._close(self.udp, self.tcp)
+                self.udp, self.tcp = old_udp, old_tcp
+                self.config = msgspec.structs.replace(config, listen=old.listen)
+            else:
+                self._close(old_udp, old_tcp)
+        elif old.ingest.udp_receive_buffer != config.ingest.udp_receive_buffer:
+            for name, sock in self.udp.items():
+                self.receive_buffers[name] = _raise_receive_buffer(sock, config.ingest.udp_receive_buffer)
+        self.stopping = False
         await self.start()
 
     # ------------------------------------------------------------------ frames

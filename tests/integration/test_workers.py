@@ -266,3 +266,32 @@ def test_stream_followers_get_one_event_per_sample_through_workers(tmp_path: Pat
         assert daemon.total("s.follow") == 10.0
     finally:
         daemon.stop()
+
+
+def test_reload_restarts_workers_with_new_settings_and_moved_listener(tmp_path: Path) -> None:
+    from tests.integration.daemon import free_port
+
+    daemon = start_daemon(tmp_path, WORKERS)
+    try:
+        daemon.send_udp(b"r.before:1|c")
+        daemon.wait_for(lambda: daemon.total("r.before") == 1.0)
+        old_pids = daemon.stats()["workers"]["pids"]
+        port = free_port()
+        text = daemon.config_path.read_text()
+        text = text.replace(f'statsd_udp = "127.0.0.1:{daemon.statsd}"', f'statsd_udp = "127.0.0.1:{port}"')
+        text = text.replace("workers = 2\n", 'workers = 2\nworker_ship_interval = "20ms"\n')
+        daemon.config_path.write_text(text)
+        daemon.process.send_signal(signal.SIGHUP)
+        stats = daemon.wait_for(
+            lambda: (s := daemon.stats())["workers"]["shipIntervalMs"] == 20.0 and s["workers"]["alive"] == 2 and s
+        )
+        assert set(stats["workers"]["pids"]).isdisjoint(old_pids)
+        assert stats["workers"]["restarts"] == 0  # stopped on purpose, not counted as deaths
+        daemon.send_udp(b"r.after:1|c", port=port)
+        daemon.wait_for(lambda: daemon.total("r.after") == 1.0)
+        # TCP stayed where it was.
+        with socket.create_connection(("127.0.0.1", daemon.statsd)) as conn:
+            conn.sendall(b"r.tcp:2|c\n")
+        daemon.wait_for(lambda: daemon.total("r.tcp") == 2.0)
+    finally:
+        daemon.stop()
