@@ -280,7 +280,7 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             description="How long a worker pre-aggregates before shipping to the owner: what a "
             "worker killed with SIGKILL can lose (the daemon's own exposure window comes on top).",
         ),
-    ] = 0.01
+    ] = 0.025
     container_id: Annotated[
         Literal["tag", "drop"],
         Meta(description='DogStatsD "|c:<container-id>": "tag" keeps it as the container_id tag, "drop" ignores it.'),

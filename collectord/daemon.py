@@ -70,6 +70,8 @@ class Daemon:
         gc.freeze()
         tenant = ingest.tenant
         if ingest.workers > 0:
+            if self.config.postgres.dsn and "statsd" in self.config.postgres.raw_protocols.split(","):
+                log.warning("postgres.raw_protocols has statsd, but ingest workers pre-aggregate: not stored raw")
             self.pool = WorkerPool(p, self.config)
             self.pool.bind()
             p.frames_enabled = True

@@ -15,7 +15,7 @@ shipping what it holds) or when the owner's end of its socket closes.
 from __future__ import annotations
 
 import gc
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -83,7 +83,10 @@ class Worker:
         self.parser = StatsdParser(settings.limits, container_id=settings.container_id, stats=self.stats)  # type: ignore[arg-type]
         self.builder = FrameBuilder()
         self.counters: dict[str, SourceCounters] = {}
-        self.selector = selectors.DefaultSelector()
+        # epoll directly: the shared UDP socket is registered EPOLLEXCLUSIVE, so a datagram wakes
+        # one worker, not all of them (the others would only find the queue empty).
+        self.epoll = select.epoll()
+        self.handlers: dict[int, tuple[str, str, socket.socket]] = {}
         self.connections: dict[int, _Connection] = {}
         self.followed: frozenset[str] = frozenset()
         self.pending: list[Sample] = []
@@ -93,34 +96,42 @@ class Worker:
         self.running = True
         self._shipped_stats: dict[str, object] = {}
         self._last_sweep = time.monotonic()
-        self.selector.register(self.owner, selectors.EVENT_READ, ("owner", ""))
+        self._watch(self.owner, "owner", "")
         for name, fd in settings.udp:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
             self.counters[name] = SourceCounters()
-            self.selector.register(sock, selectors.EVENT_READ, ("udp", name))
+            self._watch(sock, "udp", name, exclusive=True)
         for name, fd in settings.tcp:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
             self.counters[name] = SourceCounters()
-            self.selector.register(sock, selectors.EVENT_READ, ("listen", name))
+            self._watch(sock, "listen", name)
 
     # ------------------------------------------------------------------ the loop
+
+    def _watch(self, sock: socket.socket, what: str, name: str, exclusive: bool = False) -> None:
+        self.handlers[sock.fileno()] = (what, name, sock)
+        self.epoll.register(sock.fileno(), select.EPOLLIN | (select.EPOLLEXCLUSIVE if exclusive else 0))
 
     def run(self) -> None:
         ship_every = self.settings.ship_interval
         next_ship = time.monotonic() + ship_every
-        select = self.selector.select
+        poll = self.epoll.poll
+        handlers = self.handlers
         while self.running:
             timeout = next_ship - time.monotonic()
-            for key, _ in select(timeout if timeout > 0 else 0):
-                what, name = key.data
+            for fd, _ in poll(timeout if timeout > 0 else 0):
+                handler = handlers.get(fd)
+                if handler is None:
+                    continue
+                what, name, sock = handler
                 if what == "udp":
-                    self._read_datagrams(key.fileobj, name)  # type: ignore[arg-type]
+                    self._read_datagrams(sock, name)
                 elif what == "conn":
-                    self._read_connection(key.fileobj)  # type: ignore[arg-type]
+                    self._read_connection(sock)
                 elif what == "listen":
-                    self._accept(key.fileobj, name)  # type: ignore[arg-type]
+                    self._accept(sock, name)
                 else:
                     self._read_owner()
             now = time.monotonic()
@@ -199,7 +210,7 @@ class Worker:
             self.connections[sock.fileno()] = connection
             counters.connections_open += 1
             counters.connections_total += 1
-            self.selector.register(sock, selectors.EVENT_READ, ("conn", name))
+            self._watch(sock, "conn", name)
 
     def _read_connection(self, sock: socket.socket) -> None:
         connection = self.connections.get(sock.fileno())
@@ -270,7 +281,8 @@ class Worker:
 
     def _close(self, connection: _Connection) -> None:
         self.connections.pop(connection.sock.fileno(), None)
-        self.selector.unregister(connection.sock)
+        self.epoll.unregister(connection.sock.fileno())
+        self.handlers.pop(connection.sock.fileno(), None)
         connection.sock.close()
         self.counters[connection.source].connections_open -= 1
 
@@ -365,7 +377,19 @@ class Worker:
         return msgspec.msgpack.encode(delta)
 
 
+def _die_with_the_owner() -> None:
+    """SIGKILL when the owner dies (Linux prctl): a worker blocked anywhere must not outlive it,
+    holding its listener sockets."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
+    _die_with_the_owner()
     # The owner stops workers (SIGTERM, SIGINT and SIGHUP are its to handle): a worker killed by
     # a signal meant for the daemon would lose what it holds.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -167,9 +167,9 @@ def test_a_killed_worker_is_restarted_and_loses_at_most_its_interval(tmp_path: P
         time.sleep(0.3)
         counted = total_of(daemon, "load.c", 20)
         lost = load.sent - counted
-        # What the killed worker had parsed and not shipped: at most one ship interval (10 ms)
-        # of its share; allow 50 ms at the whole rate for a loaded machine.
-        assert 0 <= lost <= 0.05 * load.per_second, (load.sent, counted)
+        # What the killed worker had parsed and not shipped: at most one ship interval (25 ms)
+        # of its share; allow 100 ms at the whole rate for a loaded machine.
+        assert 0 <= lost <= 0.1 * load.per_second, (load.sent, counted)
         assert daemon.get("/healthz")[0] == 200
     finally:
         daemon.stop()
