@@ -501,6 +501,8 @@ DAEMONS: dict[str, Callable[[], Daemon]] = {
     "collectord": lambda: Collectord(),
     # ingest.workers = 2: worker processes parse and pre-aggregate (the multi-core ingest)
     "collectord-w2": lambda: Collectord("collectord-w2", "[ingest]\nworkers = 2\n"),
+    # ... and the workers take the TCP connections too
+    "collectord-w2-tcp": lambda: Collectord("collectord-w2-tcp", "[ingest]\nworkers = 2\nworker_tcp = true\n"),
     "collectord-all": CollectordAllSinks,
     "etsy-default": lambda: EtsyStatsd("etsy-default", None),
     "etsy-32m": lambda: EtsyStatsd("etsy-32m", BUFFER_32M),
@@ -905,7 +907,7 @@ def main() -> None:
             results.append(found)
             save(args.json, report, results)  # so far: a crash later loses nothing
     if not args.no_tcp:
-        ours = [d for d in args.daemons if d in ("collectord", "collectord-w2")] or ["collectord"]
+        ours = [d for d in args.daemons if d in ("collectord", "collectord-w2", "collectord-w2-tcp")] or ["collectord"]
         report["tcp"] = [tcp_collectord(50, args.tcp_total // (10 if args.quick else 1), "counter", d) for d in ours]
         print("tcp:", json.dumps(report["tcp"]), flush=True)
     report["uptime_after"] = machine()["uptime"]

@@ -281,6 +281,14 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "worker killed with SIGKILL can lose (the daemon's own exposure window comes on top).",
         ),
     ] = 0.025
+    worker_tcp: Annotated[
+        bool,
+        Meta(
+            description="With workers: they also take the StatsD TCP listener's connections. false keeps "
+            "TCP in the daemon's own process, which already counts repeated lines per drain and was "
+            "faster on a 2-core host (benchmarks/README.md). Needs a restart to change.",
+        ),
+    ] = False
     container_id: Annotated[
         Literal["tag", "drop"],
         Meta(description='DogStatsD "|c:<container-id>": "tag" keeps it as the container_id tag, "drop" ignores it.'),

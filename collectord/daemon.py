@@ -112,7 +112,13 @@ class Daemon:
             )
         settings = TcpSettings(ingest.tcp_max_line, ingest.tcp_idle_timeout, ingest.tcp_max_connections)
         streams: list[tuple[str, str, PacketParser, ParseStats, int]] = [
-            ("statsd_tcp", "" if owned else listen.statsd_tcp, p.statsd_parser, p.statsd_stats, PAYLOAD_STATSD),
+            (
+                "statsd_tcp",
+                "" if owned and ingest.worker_tcp else listen.statsd_tcp,
+                p.statsd_parser,
+                p.statsd_stats,
+                PAYLOAD_STATSD,
+            ),
             ("line_tcp", listen.line_tcp, p.line_parser, p.line_stats, PAYLOAD_LINE),
         ]
         for name, address, parser, stats, kind in streams:
@@ -240,7 +246,9 @@ class Daemon:
         """A reload that changes what workers use restarts them with it (they ship first)."""
         assert self.pool is not None
         relevant = ("ingest", "limits", "aggregate")
-        moved = (old.listen.statsd_udp, old.listen.statsd_tcp) != (new.listen.statsd_udp, new.listen.statsd_tcp)
+        moved = old.listen.statsd_udp != new.listen.statsd_udp or (
+            self.pool.owns_tcp and old.listen.statsd_tcp != new.listen.statsd_tcp
+        )
         if moved or any(getattr(old, section) != getattr(new, section) for section in relevant):
             await self.pool.restart(new)
             log.info("workers restarted with the reloaded settings", extra={"workers": self.pool.size})

@@ -210,7 +210,8 @@ class Reloader:
             before, after = getattr(running.listen, key), getattr(new.listen, key)
             if before == after:
                 continue
-            if self.daemon.pool is not None and key in ("statsd_udp", "statsd_tcp"):
+            pool = self.daemon.pool
+            if pool is not None and (key == "statsd_udp" or (key == "statsd_tcp" and pool.owns_tcp)):
                 continue  # the workers' sockets: their reload hook binds the new address
             try:
                 if key in _DATAGRAM_KINDS:

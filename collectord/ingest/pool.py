@@ -181,6 +181,10 @@ class WorkerPool:
     def size(self) -> int:
         return self.config.ingest.workers
 
+    @property
+    def owns_tcp(self) -> bool:
+        return self.config.ingest.worker_tcp
+
     # ------------------------------------------------------------------ sockets
 
     def bind(self) -> None:
@@ -188,7 +192,7 @@ class WorkerPool:
         listen, ingest = self.config.listen, self.config.ingest
         if listen.statsd_udp:
             self.udp["statsd_udp"] = self._udp_socket(listen.statsd_udp, ingest.udp_receive_buffer)
-        if listen.statsd_tcp:
+        if listen.statsd_tcp and ingest.worker_tcp:
             self.tcp["statsd_tcp"] = [self._tcp_socket(listen.statsd_tcp) for _ in range(max(self.size, 1))]
         for name in (*self.udp, *self.tcp):
             self.pipeline.counters_for(name)
@@ -337,10 +341,13 @@ class WorkerPool:
         old = self.config
         await self._stop_workers()
         config = msgspec.structs.replace(
-            config, ingest=msgspec.structs.replace(config.ingest, workers=old.ingest.workers)
+            config,
+            ingest=msgspec.structs.replace(config.ingest, workers=old.ingest.workers, worker_tcp=old.ingest.worker_tcp),
         )
         self.config = config
-        moved = (old.listen.statsd_udp, old.listen.statsd_tcp) != (config.listen.statsd_udp, config.listen.statsd_tcp)
+        moved = old.listen.statsd_udp != config.listen.statsd_udp or (
+            self.owns_tcp and old.listen.statsd_tcp != config.listen.statsd_tcp
+        )
         if moved:
             old_udp, old_tcp = self.udp, self.tcp
             self.udp, self.tcp = {}, {}

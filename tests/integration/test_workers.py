@@ -24,7 +24,7 @@ from tests.integration.daemon import RunningDaemon, start_daemon
 
 pytestmark = pytest.mark.integration
 
-WORKERS = "[ingest]\nworkers = 2\n"
+WORKERS = "[ingest]\nworkers = 2\nworker_tcp = true\n"
 METRICS = ["w.hits", "w.latency", "w.queue", "w.users", "w.dog", "w.rated"]
 
 
@@ -293,5 +293,20 @@ def test_reload_restarts_workers_with_new_settings_and_moved_listener(tmp_path: 
         with socket.create_connection(("127.0.0.1", daemon.statsd)) as conn:
             conn.sendall(b"r.tcp:2|c\n")
         daemon.wait_for(lambda: daemon.total("r.tcp") == 2.0)
+    finally:
+        daemon.stop()
+
+
+def test_tcp_stays_in_the_owner_by_default(tmp_path: Path) -> None:
+    """worker_tcp = false (the default): UDP goes through the workers, TCP is the owner's."""
+    daemon = start_daemon(tmp_path, "[ingest]\nworkers = 2\n")
+    try:
+        with socket.create_connection(("127.0.0.1", daemon.statsd)) as conn:
+            conn.sendall(b"t.tcp:3|c\nt.tcp:4|c\nbroken\n")
+        daemon.send_udp(b"t.udp:5|c")
+        daemon.wait_for(lambda: daemon.total("t.tcp") == 7.0 and daemon.total("t.udp") == 5.0)
+        stats = daemon.stats()
+        assert stats["sources"]["statsd_tcp"]["connectionsTotal"] == 1
+        assert stats["workers"]["samples"] == 1 and stats["badLines"] == {"missing_value": 1}
     finally:
         daemon.stop()
