@@ -8,6 +8,7 @@ cut off, counted and restarted while the daemon serves on.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -242,28 +243,38 @@ def test_a_garbage_frame_is_counted_and_its_worker_restarted(tmp_path: Path) -> 
 
 
 def test_stream_followers_get_one_event_per_sample_through_workers(tmp_path: Path) -> None:
-    """A followed metric passes the workers un-aggregated: every sample is an event."""
-    daemon = start_daemon(tmp_path, WORKERS)
-    try:
-        import urllib.request
+    """A followed metric passes the workers un-aggregated: every sample is an event. Workers learn
+    of the interest shortly after the subscription, so probes go first until one comes back."""
+    import urllib.request
 
-        request = urllib.request.Request(daemon.url("/api/v1/stream?metric=s.follow"))
-        with urllib.request.urlopen(request, timeout=10) as stream:
-            daemon.wait_for(lambda: daemon.stats()["workers"]["followedMetrics"] == 1)
-            time.sleep(0.1)  # the workers have been told (the owner sends at once)
-            for value in range(5):
-                daemon.send_udp(b"s.follow:%d|c\ns.other:1|c" % value)
-            values: list[float] = []
-            deadline = time.monotonic() + 10
-            while len(values) < 5 and time.monotonic() < deadline:
-                line = stream.readline().decode().strip()
+    daemon = start_daemon(tmp_path, WORKERS)
+    values: list[float] = []
+
+    def read(stream: Any) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the stream closes at the end
+            for raw in stream:
+                line = raw.decode().strip()
                 if line.startswith("data:"):
                     event = json.loads(line[5:])
-                    for item in event if isinstance(event, list) else [event]:
-                        if isinstance(item, dict) and item.get("name") == "s.follow":
-                            values.append(item["value"])
-        assert values == [0.0, 1.0, 2.0, 3.0, 4.0]
-        assert daemon.total("s.follow") == 10.0
+                    if isinstance(event, dict) and event.get("name") == "s.follow":
+                        values.append(event["value"])
+
+    try:
+        stream = urllib.request.urlopen(daemon.url("/api/v1/stream?metric=s.follow"), timeout=30)
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+        deadline = time.monotonic() + 15
+        while not values and time.monotonic() < deadline:
+            daemon.send_udp(b"s.follow:100|c")
+            time.sleep(0.05)
+        assert values, "no event for a followed metric"
+        for value in range(5):
+            daemon.send_udp(b"s.follow:%d|c\ns.other:1|c" % value)
+        daemon.wait_for(lambda: len([v for v in values if v < 100]) == 5)
+        time.sleep(0.2)
+        # One event per sample (across workers their order is the order frames arrive in).
+        assert sorted(v for v in values if v < 100) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert daemon.total("s.follow") == 10.0 + 100.0 * len([v for v in values if v >= 100])
+        stream.close()
     finally:
         daemon.stop()
 
