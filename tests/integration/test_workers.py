@@ -251,7 +251,7 @@ def test_stream_followers_get_one_event_per_sample_through_workers(tmp_path: Pat
     values: list[float] = []
 
     def read(stream: Any) -> None:
-        with contextlib.suppress(OSError, ValueError):  # the stream closes at the end
+        with contextlib.suppress(Exception):  # the stream ends when the daemon stops
             for raw in stream:
                 line = raw.decode().strip()
                 if line.startswith("data:"):
@@ -274,7 +274,6 @@ def test_stream_followers_get_one_event_per_sample_through_workers(tmp_path: Pat
         # One event per sample (across workers their order is the order frames arrive in).
         assert sorted(v for v in values if v < 100) == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert daemon.total("s.follow") == 10.0 + 100.0 * len([v for v in values if v >= 100])
-        stream.close()
     finally:
         daemon.stop()
 
