@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ingest.py parsers          # lines/s per line shape, one core
     .venv/bin/python benchmarks/ingest.py udp [--rate 500000] [--seconds 10] [--shape counter]
     .venv/bin/python benchmarks/ingest.py tcp [--connections 50] [--total 1000000]
+    (udp and tcp take --workers N: the daemon's ingest.workers)
     .venv/bin/python benchmarks/ingest.py fuzz [--packets 1000000]  # random and mutated packets
     .venv/bin/python benchmarks/ingest.py all               # everything above, the numbers
 
@@ -67,9 +68,11 @@ def source_drops(stats: dict[str, Any], source: str) -> int:
     return int(stats["sources"][source]["kernelDrops"] or 0)
 
 
-def run_udp(rate: float, seconds: float, shape: str, lines_per_packet: int, series: int) -> dict[str, Any]:
+def run_udp(
+    rate: float, seconds: float, shape: str, lines_per_packet: int, series: int, workers: int = 0
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(Path(tmp), '[ingest]\nudp_receive_buffer = "32MiB"\n')
+        daemon = start_daemon(Path(tmp), f'[ingest]\nudp_receive_buffer = "32MiB"\nworkers = {workers}\n')
         try:
             before = daemon.stats()
             sent = loadgen(
@@ -94,6 +97,7 @@ def run_udp(rate: float, seconds: float, shape: str, lines_per_packet: int, seri
     accepted = after["accepted"] - before["accepted"]
     return {
         "transport": "udp",
+        "workers": workers,
         "shape": shape,
         "lines_per_packet": lines_per_packet,
         "series": series,
@@ -108,9 +112,9 @@ def run_udp(rate: float, seconds: float, shape: str, lines_per_packet: int, seri
     }
 
 
-def run_tcp(connections: int, total: int, shape: str) -> dict[str, Any]:
+def run_tcp(connections: int, total: int, shape: str, workers: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(Path(tmp))
+        daemon = start_daemon(Path(tmp), f"[ingest]\nworkers = {workers}\n")
         try:
             before = daemon.stats()
             began = time.monotonic()
@@ -137,6 +141,7 @@ def run_tcp(connections: int, total: int, shape: str) -> dict[str, Any]:
     accepted = after["accepted"] - before["accepted"]
     return {
         "transport": "tcp",
+        "workers": workers,
         "shape": shape,
         "connections": connections,
         "sent": sent["lines"],
@@ -221,13 +226,16 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--total", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=0, help="ingest.workers of the daemon (0: in-process)")
     args = parser.parse_args()
     if args.what in ("parsers", "all"):
         run_parsers()
     if args.what in ("udp", "all"):
-        print(json.dumps(run_udp(args.rate, args.seconds, args.shape, args.lines_per_packet, args.series)))
+        print(
+            json.dumps(run_udp(args.rate, args.seconds, args.shape, args.lines_per_packet, args.series, args.workers))
+        )
     if args.what in ("tcp", "all"):
-        print(json.dumps(run_tcp(args.connections, args.total, args.shape)))
+        print(json.dumps(run_tcp(args.connections, args.total, args.shape, args.workers)))
     if args.what in ("fuzz", "all"):
         print(json.dumps(run_fuzz(args.packets)))
 

@@ -499,6 +499,10 @@ def wait_bound(port: int, process: subprocess.Popen[bytes], limit: float = 20.0)
 
 DAEMONS: dict[str, Callable[[], Daemon]] = {
     "collectord": lambda: Collectord(),
+    # ingest.workers = 2: worker processes parse and pre-aggregate (the multi-core ingest)
+    "collectord-w2": lambda: Collectord("collectord-w2", "[ingest]\nworkers = 2\n"),
+    # ... and the workers take the TCP connections too
+    "collectord-w2-tcp": lambda: Collectord("collectord-w2-tcp", "[ingest]\nworkers = 2\nworker_tcp = true\n"),
     "collectord-all": CollectordAllSinks,
     "etsy-default": lambda: EtsyStatsd("etsy-default", None),
     "etsy-32m": lambda: EtsyStatsd("etsy-32m", BUFFER_32M),
@@ -656,8 +660,9 @@ def own_count_check(daemon: Daemon, search_result: Search, counted_before: float
 # ---------------------------------------------------------------------------- TCP
 
 
-def tcp_collectord(connections: int, total: int, shape: str) -> dict[str, Any]:
-    daemon = Collectord()
+def tcp_collectord(connections: int, total: int, shape: str, name: str = "collectord") -> dict[str, Any]:
+    daemon = DAEMONS[name]()
+    assert isinstance(daemon, Collectord)
     with tempfile.TemporaryDirectory() as tmp:
         daemon.start(Path(tmp))
         try:
@@ -695,6 +700,7 @@ def tcp_collectord(connections: int, total: int, shape: str) -> dict[str, Any]:
             daemon.stop()
     accepted = int(last - before)
     return {
+        "daemon": name,
         "connections": connections,
         "shape": shape,
         "sent": sent["lines"],
@@ -763,17 +769,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(results: list[Search]) -> str:
+def table(results: list[Search], base: str = "collectord") -> str:
+    """Rates per shape, with `base`'s ratio to every other daemon."""
     by_shape: dict[Shape, dict[str, Search]] = {}
     for r in results:
         by_shape.setdefault(r.shape, {})[r.daemon] = r
-    peers = [d for d in dict.fromkeys(r.daemon for r in results) if d != "collectord"]
-    header = "| shape (kind/lines per datagram/series) | collectord |" + "".join(
-        f" {p} | collectord/{p} |" for p in peers
-    )
+    peers = [d for d in dict.fromkeys(r.daemon for r in results) if d != base]
+    header = f"| shape (kind/lines per datagram/series) | {base} |" + "".join(f" {p} | {base}/{p} |" for p in peers)
     lines = [header, "|" + "---|" * (2 + 2 * len(peers))]
     for shape, row in by_shape.items():
-        ours = row.get("collectord")
+        ours = row.get(base)
         cells = [shape.label, fmt_rate(ours)]
         for p in peers:
             peer = row.get(p)
@@ -902,12 +907,15 @@ def main() -> None:
             results.append(found)
             save(args.json, report, results)  # so far: a crash later loses nothing
     if not args.no_tcp:
-        report["tcp"] = tcp_collectord(50, args.tcp_total // (10 if args.quick else 1), "counter")
+        ours = [d for d in args.daemons if d in ("collectord", "collectord-w2", "collectord-w2-tcp")] or ["collectord"]
+        report["tcp"] = [tcp_collectord(50, args.tcp_total // (10 if args.quick else 1), "counter", d) for d in ours]
         print("tcp:", json.dumps(report["tcp"]), flush=True)
     report["uptime_after"] = machine()["uptime"]
     save(args.json, report, results)
     print()
-    print(table(results))
+    for base in [d for d in args.daemons if d.startswith("collectord")] or ["collectord"]:
+        print(table(results, base))
+        print()
     try:
         chart(results, args.chart)
         print(f"chart: {args.chart}")

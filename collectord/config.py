@@ -262,6 +262,33 @@ class Ingest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "when it is full new samples are dropped and counted.",
         ),
     ] = 2_000_000
+    workers: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=64,
+            description="Worker processes that receive, parse and pre-aggregate the StatsD UDP and "
+            "TCP listeners (the owner logs and applies what they ship); 0 does everything in the "
+            "daemon's own process. Needs a restart to change.",
+        ),
+    ] = 0
+    worker_ship_interval: Annotated[
+        Duration,
+        Meta(
+            gt=0,
+            le=1.0,
+            description="How long a worker pre-aggregates before shipping to the owner: what a "
+            "worker killed with SIGKILL can lose (the daemon's own exposure window comes on top).",
+        ),
+    ] = 0.025
+    worker_tcp: Annotated[
+        bool,
+        Meta(
+            description="With workers: they also take the StatsD TCP listener's connections. false keeps "
+            "TCP in the daemon's own process, which already counts repeated lines per drain and was "
+            "faster on a 2-core host (benchmarks/README.md). Needs a restart to change.",
+        ),
+    ] = False
     container_id: Annotated[
         Literal["tag", "drop"],
         Meta(description='DogStatsD "|c:<container-id>": "tag" keeps it as the container_id tag, "drop" ignores it.'),

@@ -15,6 +15,7 @@ from aiohttp import web
 from collectord.api.app import build_app
 from collectord.clock import Clock, SystemClock
 from collectord.config import Config, split_host_port
+from collectord.ingest.pool import WorkerPool
 from collectord.logs import setup_logging
 from collectord.notify import Heartbeat, Notifier, StatusLine, watchdog_interval
 from collectord.pipeline import Pipeline
@@ -45,6 +46,8 @@ class Daemon:
         self._gc_paused_by_roll = False
         self.datagram_sources: list[DatagramSource] = []
         self.tcp_sources: list[TcpSource] = []
+        # The StatsD UDP and TCP listeners' worker processes (ingest.workers > 0).
+        self.pool: WorkerPool | None = None
         self.runner: web.AppRunner | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -56,7 +59,10 @@ class Daemon:
         self.reloader = Reloader(self, config_path)
 
     def kernel_drops(self) -> dict[str, int | None]:
-        return {source.name: source.kernel_drops() for source in self.datagram_sources}
+        drops = {source.name: source.kernel_drops() for source in self.datagram_sources}
+        if self.pool is not None:
+            drops.update(self.pool.kernel_drops())
+        return drops
 
     async def start(self) -> None:
         listen, ingest, p = self.config.listen, self.config.ingest, self.pipeline
@@ -69,8 +75,17 @@ class Daemon:
         gc.collect()
         gc.freeze()
         tenant = ingest.tenant
+        if ingest.workers > 0:
+            if self.config.postgres.dsn and "statsd" in self.config.postgres.raw_protocols.split(","):
+                log.warning("postgres.raw_protocols has statsd, but ingest workers pre-aggregate: not stored raw")
+            self.pool = WorkerPool(p, self.config)
+            self.pool.bind()
+            p.frames_enabled = True
+            p.hub.interest_listeners.append(self.pool.update_interest)
+            p.reload_hooks.append(self._reload_workers)
+        owned = self.pool is not None
         datagram: list[tuple[str, str, PacketParser, int]] = [
-            ("statsd_udp", listen.statsd_udp, p.statsd_parser, PAYLOAD_STATSD),
+            ("statsd_udp", "" if owned else listen.statsd_udp, p.statsd_parser, PAYLOAD_STATSD),
             ("line_udp", listen.line_udp, p.line_parser, PAYLOAD_LINE),
         ]
         for name, address, parser, kind in datagram:
@@ -103,7 +118,13 @@ class Daemon:
             )
         settings = TcpSettings(ingest.tcp_max_line, ingest.tcp_idle_timeout, ingest.tcp_max_connections)
         streams: list[tuple[str, str, PacketParser, ParseStats, int]] = [
-            ("statsd_tcp", listen.statsd_tcp, p.statsd_parser, p.statsd_stats, PAYLOAD_STATSD),
+            (
+                "statsd_tcp",
+                "" if owned and ingest.worker_tcp else listen.statsd_tcp,
+                p.statsd_parser,
+                p.statsd_stats,
+                PAYLOAD_STATSD,
+            ),
             ("line_tcp", listen.line_tcp, p.line_parser, p.line_stats, PAYLOAD_LINE),
         ]
         for name, address, parser, stats, kind in streams:
@@ -118,6 +139,9 @@ class Daemon:
             host, port = split_host_port(listen.http)
             await web.TCPSite(self.runner, host, port, reuse_address=True).start()
             log.info("listening", extra={"source": "http", "address": listen.http})
+        if self.pool is not None:
+            stats_api.workers = self.pool
+            await self.pool.start()
         stats_api.ready = True
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -127,6 +151,8 @@ class Daemon:
         ]
         self._sink_tasks = [loop.create_task(sink.run(), name=f"sink:{sink.name}") for sink in p.sinks]
         receive_buffers = {s.name: s.receive_buffer for s in self.datagram_sources}
+        if self.pool is not None:
+            receive_buffers.update(self.pool.receive_buffers)
         log.info("ready", extra={"tenant": tenant, "receive_buffers": receive_buffers})
 
     async def _consume(self) -> None:
@@ -171,6 +197,8 @@ class Daemon:
         journal = self.pipeline.journal
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            if self.pool is not None:
+                self.pool.update_interest()  # other hosts' interest changes without a callback
             self.pipeline.advance()
             since_log += TICK_SECONDS
             since_checkpoint += TICK_SECONDS
@@ -210,6 +238,9 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop reading, log and apply every read line, checkpoint, close the side port."""
+        if self.pool is not None:
+            # Workers first: they ship what they hold, which is then applied like the rest.
+            await self.pool.stop()
         for datagram in self.datagram_sources:
             datagram.close()
         for source in self.tcp_sources:
@@ -247,6 +278,17 @@ class Daemon:
         for sink in sinks:
             with contextlib.suppress(Exception):
                 await sink.close()
+
+    async def _reload_workers(self, old: Config, new: Config) -> None:
+        """A reload that changes what workers use restarts them with it (they ship first)."""
+        assert self.pool is not None
+        relevant = ("ingest", "limits", "aggregate")
+        moved = old.listen.statsd_udp != new.listen.statsd_udp or (
+            self.pool.owns_tcp and old.listen.statsd_tcp != new.listen.statsd_tcp
+        )
+        if moved or any(getattr(old, section) != getattr(new, section) for section in relevant):
+            await self.pool.restart(new)
+            log.info("workers restarted with the reloaded settings", extra={"workers": self.pool.size})
 
     def _signalled(self) -> None:
         if self.stopping.is_set():

@@ -96,6 +96,10 @@ class Pipeline:
         # Applied samples go to stream followers (a flag check when there are none).
         self.hub = StreamHub(config.streams.queue_size, config.streams.max_per_tenant)
         self._offered_until = -1
+        # Worker frames in the ring (collectord/ingest): drains split them from other batches.
+        self.frames_enabled = False
+        # Raised at every checkpoint: workers' key definitions are logged again after it.
+        self.frame_generation = 0
         # Told of every applied batch (and audit event), with replaying=True during recovery:
         # sinks that store raw points or audit records.
         self.batch_taps: list[Callable[[Batch, bool], None]] = []
@@ -189,6 +193,7 @@ class Pipeline:
         self.aggregator.settle_rolls()
         # Late touches noted since the last flush are not in the log after this checkpoint.
         self._offer(self.aggregator, [])
+        self.frame_generation += 1
         if background:
             return self.journal.checkpoint_in_background(self.aggregator)
         return self.journal.checkpoint(self.aggregator)
@@ -218,7 +223,7 @@ class Pipeline:
             return 0
         if self.journal is not None:
             self.journal.commit_pending()
-        applied = self.aggregator.apply_many(batches)
+        applied = self._apply_frames(batches) if self.frames_enabled else self.aggregator.apply_many(batches)
         for tap in self.batch_taps:
             for batch in batches:
                 tap(batch, False)
@@ -237,6 +242,23 @@ class Pipeline:
             if time.perf_counter() - began >= budget:
                 return True
         return False
+
+    def _apply_frames(self, batches: list[Batch]) -> int:
+        """apply_many for a drain holding workers' frames: frames by apply_frame, the runs of
+        other batches between them as before, in order."""
+        aggregator = self.aggregator
+        applied = 0
+        start = 0
+        for i, batch in enumerate(batches):
+            if batch.frame is not None:
+                if start < i:
+                    applied += aggregator.apply_many(batches[start:i])
+                aggregator.apply_frame(batch.frame)
+                applied += batch.frame.samples
+                start = i + 1
+        if start < len(batches):
+            applied += aggregator.apply_many(batches[start:])
+        return applied
 
     def advance(self) -> list[FlushRecord]:
         self.catch_up()

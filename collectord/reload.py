@@ -50,6 +50,7 @@ LIVE: dict[str, str] = {
     "ingest.tcp_max_line": "from the next read",
     "ingest.tcp_idle_timeout": "at the next idle sweep",
     "ingest.tcp_max_connections": "for the next connection",
+    "ingest.worker_ship_interval": "workers are restarted with it (they ship what they hold first)",
     "ingest.container_id": "parsers are rebuilt",
     "ingest.line_precision": "parsers are rebuilt",
     "ingest.line_types": "parsers are rebuilt",
@@ -209,6 +210,9 @@ class Reloader:
             before, after = getattr(running.listen, key), getattr(new.listen, key)
             if before == after:
                 continue
+            pool = self.daemon.pool
+            if pool is not None and (key == "statsd_udp" or (key == "statsd_tcp" and pool.owns_tcp)):
+                continue  # the workers' sockets: their reload hook binds the new address
             try:
                 if key in _DATAGRAM_KINDS:
                     await self._move_datagram(key, before, after, new)

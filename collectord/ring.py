@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from collectord.model import Sample
 
@@ -25,6 +25,11 @@ PAYLOAD_AUDIT = 4
 # A purge of in-memory windows (JSON: tenant's metric names and a time), logged so a replay
 # applies it at the same point instead of bringing purged windows back.
 PAYLOAD_PURGE = 5
+# A worker's pre-aggregated frame (collectord/ingest/frame.py): connection id u64 | frame body.
+PAYLOAD_FRAME = 6
+# Key definitions a connection's later frames use, logged again after each checkpoint so a
+# replay from any checkpoint finds them (msgpack: connection id, epoch, definitions).
+PAYLOAD_FRAME_KEYS = 7
 
 
 class Batch(NamedTuple):
@@ -36,6 +41,8 @@ class Batch(NamedTuple):
     received_at: float
     kind: int = PAYLOAD_NONE
     payload: bytes = b""
+    # PAYLOAD_FRAME: the decoded frame (`samples` then holds only its raw samples, for streams).
+    frame: Any = None
 
 
 class Ring:
@@ -66,9 +73,10 @@ class Ring:
         self._append(batch, size)
         return True
 
-    def force(self, batch: Batch) -> None:
-        """Append even past capacity; for TCP, which has already paused its reader."""
-        self._append(batch, len(batch.samples))
+    def force(self, batch: Batch, size: int | None = None) -> None:
+        """Append even past capacity; for TCP, which has already paused its reader (and worker
+        frames, whose `size` is the samples they stand for)."""
+        self._append(batch, len(batch.samples) if size is None else size)
 
     def _append(self, batch: Batch, size: int) -> None:
         if self.on_accept is not None:

@@ -42,12 +42,16 @@ from collectord.model import (
     KIND_SUMMARY,
     MetricType,
     Sample,
+    SeriesKey,
     Tags,
 )
 from collectord.ring import PAYLOAD_STATSD, Batch
 
 if TYPE_CHECKING:
     from collectord.protocols.statsd_columns import StatsdColumns
+
+if TYPE_CHECKING:
+    from collectord.ingest.frame import Frame
 
 LEVEL_OF_GRANULARITY = {"1m": 1, "5m": 2, "1h": 3, "1d": 4}
 # A sample may be stamped this far in the future (clock skew between hosts).
@@ -587,6 +591,170 @@ class Aggregator:
             series.last_seen = seen
             series.last_timestamp = seen
         self.counters.samples += applied
+
+    def apply_frame(self, frame: Frame) -> int:
+        """Apply a worker's pre-aggregated frame (collectord/ingest/frame.py): the state apply()
+        leaves after the frame's samples one by one, up to the grouping of float sums (integer
+        values end bit for bit the same). Each entry updates its series' open slice once; a new
+        series, a closed slice or a type mismatch takes `_apply_entry`. Raw samples go through
+        apply(). Returns how many samples the frame held that were applied."""
+        received = frame.received_at
+        if received > self.now:
+            self.now = received
+        slice_len = self.level_seconds[0]
+        slice_start = int(received // slice_len) * slice_len
+        if slice_start < self.rolled_until[0]:
+            slice_start = -2  # that slice is already closed: every entry takes the slow path
+        tenant = frame.tenant
+        table = self.table.tenant_table(tenant)
+        by_identity = self._by_identity.get(tenant)
+        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+            by_identity = self._by_identity[tenant] = {}
+        keys = frame.keys
+        applied = 0
+
+        def lookup(key: SeriesKey) -> Series | None:
+            series = table.get(key)
+            if series is not None:
+                series.key = key
+                by_identity[id(key)] = series
+            return series
+
+        for sid, n, count, total, lo, hi, last in frame.counters:
+            key = keys[sid]
+            series: Series | None = by_identity.get(id(key))
+            if series is None or series.key is not key:
+                series = lookup(key)
+            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            if series is None or cell is None or series.kind != KIND_COUNTER:
+                part = Cell()
+                part.count, part.sum, part.min, part.max, part.last = count, total, lo, hi, last
+                applied += self._apply_entry(tenant, table, key, KIND_COUNTER, n, part, total, received)
+                continue
+            cell.count += count
+            cell.sum += total
+            if lo < cell.min:
+                cell.min = lo
+            if hi > cell.max:
+                cell.max = hi
+            cell.last = last
+            series.total += total
+            series.last_value = last
+            series.last_seen = received
+            series.last_timestamp = received
+            applied += n
+        for sid, n, total, lo, hi, last, gauge_total in frame.gauges:
+            key = keys[sid]
+            series = by_identity.get(id(key))
+            if series is None or series.key is not key:
+                series = lookup(key)
+            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            if series is None or cell is None or series.kind != KIND_GAUGE:
+                part = Cell()
+                part.count, part.sum, part.min, part.max, part.last = float(n), total, lo, hi, last
+                applied += self._apply_entry(tenant, table, key, KIND_GAUGE, n, part, 0.0, received)
+                continue
+            cell.count += n
+            cell.sum += total
+            if lo < cell.min:
+                cell.min = lo
+            if hi > cell.max:
+                cell.max = hi
+            cell.last = last
+            series.total += gauge_total
+            series.last_value = last
+            series.last_seen = received
+            series.last_timestamp = received
+            applied += n
+        deferred = self._deferred
+        for sid, kind, weight, count, total, squares, lo, hi, values in frame.dists:
+            key = keys[sid]
+            series = by_identity.get(id(key))
+            if series is None or series.key is not key:
+                series = lookup(key)
+            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            if series is None or cell is None or series.kind != kind or cell.sketch is None:
+                part = Cell.for_distribution()
+                part.count, part.sum, part.sum_squares = count, total, squares
+                part.min, part.max, part.last = lo, hi, values[-1]
+                assert part.sketch is not None
+                part.sketch.add_many(values, weight)
+                applied += self._apply_entry(tenant, table, key, kind, len(values), part, 0.0, received)
+                continue
+            if deferred:
+                self._settle_deferred(cell)  # replaying: values held for this cell go first
+            cell.count += count
+            cell.sum += total
+            cell.sum_squares += squares
+            if lo < cell.min:
+                cell.min = lo
+            if hi > cell.max:
+                cell.max = hi
+            cell.last = series.last_value = values[-1]
+            cell.sketch.add_list(values, weight)
+            series.total += total
+            series.last_seen = received
+            series.last_timestamp = received
+            applied += len(values)
+        for sid, n, members in frame.sets:
+            key = keys[sid]
+            series = by_identity.get(id(key))
+            if series is None or series.key is not key:
+                series = lookup(key)
+            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            if series is None or cell is None or series.kind != KIND_SET or cell.members is None:
+                part = Cell.for_set()
+                assert part.members is not None
+                part.members.update(members)
+                applied += self._apply_entry(tenant, table, key, KIND_SET, n, part, 0.0, received)
+                continue
+            cell.members.update(members)
+            series.last_seen = received
+            series.last_timestamp = received
+            applied += n
+        self.counters.samples += applied
+        if frame.raw:
+            before = self.counters.samples
+            self.apply(Batch(tenant, frame.raw, received))
+            applied += self.counters.samples - before
+        return applied
+
+    def _apply_entry(
+        self,
+        tenant: str,
+        table: dict[SeriesKey, Series],
+        key: SeriesKey,
+        kind: int,
+        n: int,
+        part: Cell,
+        total: float,
+        received: float,
+    ) -> int:
+        """_apply_one for a frame entry of `n` samples merged into `part` (untimestamped):
+        admission, type check, then the part merged into every frontier cell."""
+        series = table.get(key)
+        if series is None:
+            admitted = self.table.admit(tenant, key, kind, received)
+            if isinstance(admitted, str):
+                # apply() would have tried (and counted) each sample.
+                self.table.rejected_by_metric[(tenant, key[0])] += n - 1
+                self.counters.rejected[admitted] = self.counters.rejected.get(admitted, 0) + n
+                return 0
+            series = admitted
+        elif series.kind != kind:
+            self.counters.rejected["type_mismatch"] = self.counters.rejected.get("type_mismatch", 0) + n
+            return 0
+        for cell in self._frontier_cells(series, received):
+            if self._deferred:
+                self._settle_deferred(cell)
+            cell.merge(part)
+        if kind == KIND_COUNTER:
+            series.total += total
+        if kind != KIND_SET and (received >= series.last_timestamp or math.isnan(series.last_value)):
+            series.last_value = part.last
+        series.last_seen = max(series.last_seen, received)
+        series.last_timestamp = max(series.last_timestamp, received)
+        return n
 
     def defer_sketches(self, on: bool) -> None:
         """While on (replaying a log), distribution samples of an open slice wait in a list

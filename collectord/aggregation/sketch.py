@@ -227,6 +227,19 @@ class Sketch:
             if len(pending) >= PENDING_MAX:
                 self._settle()
 
+    def add_list(self, values: list[float], weight: float = 1.0) -> None:
+        """add() for each of `values` in turn, as one list extend at the unit weight (a worker's
+        frame hands the owner a series' values of one interval at once)."""
+        pending = self._pending
+        if pending is not None and weight == self._unit:
+            pending.extend(values)
+            if len(pending) >= PENDING_MAX:
+                self._settle()
+            return
+        add = self.add
+        for value in values:
+            add(value, weight)
+
     def _settle(self) -> None:
         """Put the values add() held back into the stores."""
         pending = self._pending

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -15,6 +16,12 @@ from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
 
 KernelDrops = Callable[[], dict[str, int | None]]
+
+
+class WorkersView(Protocol):
+    """What /api/v1/stats shows of the worker processes (collectord/ingest/pool.py)."""
+
+    def document(self) -> dict[str, object]: ...
 
 
 def _protocol_stats(stats: ParseStats) -> dict[str, object]:
@@ -188,6 +195,7 @@ class StatsApi:
         self.registry.register(SelfMetricsCollector(pipeline))
         ProcessCollector(registry=self.registry)
         self.ready = False
+        self.workers: WorkersView | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -219,7 +227,9 @@ class StatsApi:
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         self.pipeline.catch_up()
-        return json_response(stats_document(self.pipeline, self.kernel_drops))
+        document = stats_document(self.pipeline, self.kernel_drops)
+        document["workers"] = self.workers.document() if self.workers is not None else {"configured": 0}
+        return json_response(document)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         self.pipeline.catch_up()

@@ -28,11 +28,21 @@ import msgspec
 
 from collectord.aggregation.aggregator import Aggregator, FlushRecord
 from collectord.config import Config
+from collectord.ingest.frame import BadFrame, Frame, ReplayTables
 from collectord.model import KIND_COUNTER, MetricType, Sample
 from collectord.protocols.line import LineParser
 from collectord.protocols.statsd import StatsdParser
 from collectord.protocols.statsd_columns import parse_columns
-from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_PURGE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
+from collectord.ring import (
+    PAYLOAD_AUDIT,
+    PAYLOAD_FRAME,
+    PAYLOAD_FRAME_KEYS,
+    PAYLOAD_LINE,
+    PAYLOAD_PURGE,
+    PAYLOAD_SAMPLES,
+    PAYLOAD_STATSD,
+    Batch,
+)
 from collectord.storage.checkpoint import CheckpointError, CheckpointStore, capture, restore
 from collectord.storage.wal import WalError, WalPosition, WalRecord, WriteAheadLog
 
@@ -210,16 +220,33 @@ class Journal:
         chunk_bytes = 0
         chunk_slice = -1
         bulk = self.on_replayed is None
+        # Workers' frames name series by ids defined in earlier frames and key records.
+        tables = ReplayTables()
         for record in self.wal.replay(after):
             if fresh:
                 aggregator.start_at(record.received_at)
                 fresh = False
+            frame: Frame | None = None
+            if record.kind in (PAYLOAD_FRAME, PAYLOAD_FRAME_KEYS):
+                try:
+                    if record.kind == PAYLOAD_FRAME_KEYS:
+                        tables.define(record.payload)  # touches no window
+                        continue
+                    frame = tables.decode(record.payload)
+                except BadFrame as error:
+                    log.warning(
+                        "undecodable frame in the write-ahead log; skipped",
+                        extra={"at": record.end, "error": str(error)},
+                    )
+                    continue
             if record.kind == PAYLOAD_AUDIT:  # touches no window: closes no period either
                 if self.on_replayed is not None:
                     self.on_replayed(Batch(record.tenant, [], record.received_at, record.kind, record.payload))
                 continue
             samples: list[Sample] | None = None
-            if not (bulk and record.kind == PAYLOAD_STATSD):
+            if frame is not None:
+                samples = frame.raw
+            elif not (bulk and record.kind == PAYLOAD_STATSD):
                 samples = self._parse_record(record, statsd, line)
                 if samples is None:
                     continue  # undecodable: skipped before it could close a period, as ever
@@ -245,7 +272,7 @@ class Journal:
             if chunk:
                 self._replay_chunk(aggregator, statsd, chunk)
                 chunk, chunk_bytes = [], 0
-            self._apply_record(aggregator, record, samples)
+            self._apply_record(aggregator, record, samples, frame)
         if chunk:
             self._replay_chunk(aggregator, statsd, chunk)
 
@@ -302,18 +329,24 @@ class Journal:
                 return None
         return samples
 
-    def _apply_record(self, aggregator: Aggregator, record: WalRecord, samples: list[Sample]) -> None:
-        """One parsed record: a purge applied, or its batch applied and told to the taps."""
+    def _apply_record(
+        self, aggregator: Aggregator, record: WalRecord, samples: list[Sample], frame: Frame | None = None
+    ) -> None:
+        """One parsed record: a purge applied, or its batch (or a worker's frame, `samples`
+        being its raw part) applied and told to the taps."""
         if record.kind == PAYLOAD_PURGE:
             if self.on_purge is not None:
                 self.on_purge(aggregator, record.tenant, record.payload)
             return
-        batch = Batch(record.tenant, samples, record.received_at, record.kind)
-        aggregator.apply_deferred(batch)
+        batch = Batch(record.tenant, samples, record.received_at, record.kind, frame=frame)
+        if frame is not None:
+            aggregator.apply_frame(frame)
+        else:
+            aggregator.apply_deferred(batch)
         if self.on_replayed is not None:
             self.on_replayed(batch)
         self.recovery.replayed_records += 1
-        self.recovery.replayed_samples += len(samples)
+        self.recovery.replayed_samples += len(samples) if frame is None else frame.samples
 
     # ------------------------------------------------------------------ running
 
