@@ -63,7 +63,8 @@ _EXACT_PART = float(1 << 31)
 # apply_deferred groups a batch by series from this many samples, when each series has this
 # many samples in it on average (below that, apply() is as fast).
 GROUP_MIN_SAMPLES = 64
-# The identity index may hold this many entries beyond two per series before it starts over.
+# The identity index may hold this many entries beyond one per series before it starts over
+# (entries of keys a parser has let go pile up; at 1,000,000 series each entry costs ~70 bytes).
 IDENTITY_SLACK = 4096
 GROUP_MIN_REPEATS = 3
 # Deferred values folded by numpy from this many (a numpy call costs a few plain additions).
@@ -173,8 +174,10 @@ class Aggregator:
         # Cells whose distribution values wait for a bulk insert (only while replaying).
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> series: the hot path's shortcut, dropped on any removal. A hit
-        # counts only if the series' `key` is that very object (a live reference, so its id
-        # cannot have been reused); a miss looks the key up and points the series at it.
+        # counts if the series' `key` is that very object or equal to it (an id may have been
+        # reused since). The series keeps the key it was created with: pointing it at each new
+        # equal object a parser makes (its caches start over) would keep a second copy of every
+        # key alive, about 300 bytes a series.
         self._by_identity: dict[str, dict[int, Series]] = {}
         # Series that took samples in windows already rolled up, with the earliest such time:
         # the flush view does not show those, and sinks must rewrite the windows.
@@ -199,7 +202,7 @@ class Aggregator:
         table = self.table.tenant_table(batch.tenant)
         tenant = batch.tenant
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
@@ -207,12 +210,12 @@ class Aggregator:
         for sample in batch.samples:
             key, kind, value, weight, ts = sample
             # Parsers intern keys, so the key object usually identifies its series: an int
-            # lookup instead of hashing a nested tuple. The stored key keeps its id unique.
+            # lookup instead of hashing a nested tuple. An entry counts if the series' key is
+            # that object or equal to it (the id may be another object's by now).
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = table.get(key)
                 if series is not None:
-                    series.key = key
                     by_identity[id(key)] = series
             if series is None or ts is not None or series.slice_start != slice_start:
                 applied += self._apply_one(tenant, table, sample, received)
@@ -317,14 +320,13 @@ class Aggregator:
             if kind != KIND_COUNTER or ts is not None:
                 return False
             known = by_identity.get(id(key))
-            if known is not None and known.key is key:
+            if known is not None and (known.key is key or known.key == key):
                 series = known
             else:
                 found = table.get(key)
                 if found is None:
                     return False  # a new series: admission (and its limits) is apply()'s
                 series = found
-                series.key = key
                 by_identity[id(key)] = found
             cell = series.slice_cell
             part = value * weight  # type: ignore[operator]
@@ -415,7 +417,7 @@ class Aggregator:
         tenant = batch.tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
@@ -431,10 +433,9 @@ class Aggregator:
         for group, key in zip(groups, group_keys, strict=True):
             start, end = bounds[group], bounds[group + 1]
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = table.get(key)
                 if series is not None:
-                    series.key = key
                     by_identity[id(key)] = series
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # A new series, a new slice or a type mismatch: the general way, sample by

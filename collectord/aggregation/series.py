@@ -55,8 +55,8 @@ class Series:
         self.tenant = tenant
         self.name = name
         self.tags = tags
-        # (name, tags): the table's key object, or the newest equal object the hot path saw
-        # (its identity index checks hits against it).
+        # (name, tags): the table's key object, the one the hot path's identity index checks
+        # hits against.
         self.key: SeriesKey = key if key is not None else (name, tags)
         self.kind = kind
         self.type: MetricType = TYPE_OF_KIND[kind]
