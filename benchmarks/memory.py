@@ -73,7 +73,7 @@ class Daemon:
         self.process.wait(timeout=60)
 
 
-def start(tree: Path, tmp: Path, port_base: int, extra: str = "") -> Daemon:
+def start(tree: Path, tmp: Path, port_base: int, extra: str = "", storage: str = "") -> Daemon:
     statsd, line, http = port_base, port_base + 1, port_base + 2
     config = tmp / "collectord.toml"
     config.write_text(
@@ -87,6 +87,7 @@ http = "127.0.0.1:{http}"
 
 [storage]
 data_dir = "{tmp / "data"}"
+{storage}
 
 [ingest]
 udp_receive_buffer = "32MiB"

@@ -596,8 +596,11 @@ class Aggregator:
         if align(self.now, self.level_seconds[0]) <= self.rolled_until[0]:
             return view  # no slice closed: nothing coarser can have closed either
         for level in range(LEVEL_COUNT - 1):
-            length = self.level_seconds[level]
-            boundary = align(self.now, length)
+            # Slices roll into their minute as each closes (the flush view is theirs); a coarser
+            # level's cells roll up only once the period above them has closed, so the open 5m,
+            # 1h and 1d windows are no cells at all (reads merge their finer cells) and a
+            # series holds one cell per level fewer: about 330 bytes each.
+            boundary = align(self.now, self.level_seconds[level if level == 0 else level + 1])
             old = self.rolled_until[level]
             if boundary <= old:
                 continue
@@ -615,6 +618,9 @@ class Aggregator:
         upper_length = self.level_seconds[level + 1]
         pending = self._pending[level]
         still_pending: dict[Series, None] = {}
+        # Periods from the boundary to the newest a cell can have: a coarse level rolls up to
+        # a 5m, 1h or 1d boundary, with finer cells of the period after it perhaps there.
+        newer = range(boundary, align(self.now + FUTURE_TOLERANCE, length) + length, length)
         for series in pending:
             cells = series.levels[level]
             starts = (
@@ -641,7 +647,7 @@ class Aggregator:
                     still_pending[series] = None
                 else:
                     series.release(0)
-            elif any(s >= boundary for s in (boundary, boundary + length) if s in cells):
+            elif any(s in cells for s in newer):
                 still_pending[series] = None
         self._pending[level] = still_pending
 
@@ -736,7 +742,8 @@ class Aggregator:
     def _prune_levels(self, series: Series, retention: tuple[float, ...]) -> None:
         for level in range(1, LEVEL_COUNT):
             cells = series.levels[level]
-            cutoff = self.now - retention[level - 1] - self.level_seconds[level]
+            # Never a cell not yet rolled up (a retention shorter than the period above).
+            cutoff = min(self.now - retention[level - 1] - self.level_seconds[level], self.rolled_until[level])
             # Cells are inserted in time order (late ones are still recent), so the stale
             # ones are at the front.
             stale = []
