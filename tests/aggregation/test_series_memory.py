@@ -62,3 +62,17 @@ def test_names_rejected_past_the_cap_are_bounded() -> None:
     assert agg.counters.rejected["series_limit"] == 3 + 2 * MAX_REJECTED_NAMES
     assert len(agg.table.rejected_by_metric) <= MAX_REJECTED_NAMES
     assert agg.table.rejected_by_metric[("default", "loud")] == 3  # the loudest name is kept
+
+
+def test_a_series_keeps_its_key_when_an_equal_key_object_arrives() -> None:
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    first = ("m.key", (("host", "a"),))
+    agg.apply(Batch("default", [(first, KIND_COUNTER, 1.0, 1.0, None)], T0 + 1))
+    # The same key made again (a parser's caches started over): equal, not the same object.
+    again = ("".join(["m.", "key"]), (("host", "".join(["a"])),))
+    assert again == first and again is not first
+    for _ in range(3):
+        agg.apply(Batch("default", [(again, KIND_COUNTER, 1.0, 1.0, None)], T0 + 2))
+    series = agg.table.tenant_table("default")[first]
+    assert series.key is first  # no second copy of the key kept alive
+    assert series.total == 4.0 and agg.table.count == 1
