@@ -97,13 +97,13 @@ def memory(series: int = 100_000, samples_each: int = 20) -> None:
         )
     gc.collect()
     open_slice = (_rss() - before) / series
-    agg.advance(T0 + 61)  # the minute closes: slices roll into 1m (and up) cells
+    agg.advance(T0 + 61)  # the minute closes: slices roll into the 1m cell
     gc.collect()
     after_rollup = (_rss() - before) / series
     print(
         f"memory {series:,} histogram series, {samples_each} samples each: "
         f"{open_slice:,.0f} B/series with the open slice, {after_rollup:,.0f} B/series after the minute rolled "
-        f"into 1m+5m+1h+1d cells (accounting says {agg.memory_bytes() / series:,.0f})"
+        f"into its 1m cell (accounting says {agg.memory_bytes() / series:,.0f})"
     )
 
 
@@ -126,7 +126,7 @@ def series_memory(counts: list[int], types: list[str]) -> None:
 
 
 def series_one(count: int, kind_name: str, samples_each: int = 3) -> None:
-    """RSS growth per active series with the minute open, and once rolled into 1m+5m+1h+1d cells.
+    """RSS growth per active series with the minute open, and once rolled into its 1m cell.
     Keys come interned, as the parsers hand them out: 100 hosts under each metric name."""
     kind = KINDS[kind_name]
     hosts = [(("host", f"h{i}"),) for i in range(100)]
@@ -151,7 +151,7 @@ def series_one(count: int, kind_name: str, samples_each: int = 3) -> None:
     rolled = (_rss() - before) / count
     print(
         f"series {kind_name:<9} {count:>9,}: {open_slice:6,.0f} B/series open slice, {rolled:6,.0f} B/series"
-        f" rolled into 1m+5m+1h+1d; process RSS {_rss() / 2**20:,.0f} MiB;"
+        f" rolled into its 1m cell; process RSS {_rss() / 2**20:,.0f} MiB;"
         f" {count * samples_each / took:,.0f} samples/s",
         flush=True,
     )
@@ -176,7 +176,7 @@ def series_cap(cap: int) -> None:
 def daemon_rss(series: int = 1_000_000) -> None:
     """The daemon process's RSS with `series` counter series (100 hosts under each metric name,
     sent over TCP, every series once per pass): after the first pass (the minute open), after a
-    second pass, and once the minute has closed and rolled into 1m+5m+1h+1d cells."""
+    second pass, and once the minute has closed and rolled into its 1m cell."""
     from benchmarks.ingest import loadgen
 
     with tempfile.TemporaryDirectory() as tmp:

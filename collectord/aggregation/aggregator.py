@@ -71,7 +71,8 @@ _EXACT_PART = float(1 << 31)
 # apply_deferred groups a batch by series from this many samples, when each series has this
 # many samples in it on average (below that, apply() is as fast).
 GROUP_MIN_SAMPLES = 64
-# The identity index may hold this many entries beyond two per series before it starts over.
+# The identity index may hold this many entries beyond one per series before it starts over
+# (entries of keys a parser has let go pile up; at 1,000,000 series each entry costs ~70 bytes).
 IDENTITY_SLACK = 4096
 GROUP_MIN_REPEATS = 3
 # Deferred values folded by numpy from this many (a numpy call costs a few plain additions).
@@ -225,8 +226,10 @@ class Aggregator:
         # Cells whose distribution values wait for a bulk insert (only while replaying).
         self._deferred: dict[int, _Deferred] | None = None
         # tenant -> id(key) -> series: the hot path's shortcut, dropped on any removal. A hit
-        # counts only if the series' `key` is that very object (a live reference, so its id
-        # cannot have been reused); a miss looks the key up and points the series at it.
+        # counts if the series' `key` is that very object or equal to it (an id may have been
+        # reused since). The series keeps the key it was created with: pointing it at each new
+        # equal object a parser makes (its caches start over) would keep a second copy of every
+        # key alive, about 300 bytes a series.
         self._by_identity: dict[str, dict[int, Series]] = {}
         # Series that took samples in windows already rolled up, with the earliest such time:
         # the flush view does not show those, and sinks must rewrite the windows.
@@ -258,7 +261,7 @@ class Aggregator:
         table = self.table.tenant_table(batch.tenant)
         tenant = batch.tenant
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
@@ -266,12 +269,12 @@ class Aggregator:
         for sample in batch.samples:
             key, kind, value, weight, ts = sample
             # Parsers intern keys, so the key object usually identifies its series: an int
-            # lookup instead of hashing a nested tuple. The stored key keeps its id unique.
+            # lookup instead of hashing a nested tuple. An entry counts if the series' key is
+            # that object or equal to it (the id may be another object's by now).
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = table.get(key)
                 if series is not None:
-                    series.key = key
                     by_identity[id(key)] = series
             if series is None or ts is not None or series.slice_start != slice_start:
                 applied += self._apply_one(tenant, table, sample, received)
@@ -376,14 +379,13 @@ class Aggregator:
             if kind != KIND_COUNTER or ts is not None:
                 return False
             known = by_identity.get(id(key))
-            if known is not None and known.key is key:
+            if known is not None and (known.key is key or known.key == key):
                 series = known
             else:
                 found = table.get(key)
                 if found is None:
                     return False  # a new series: admission (and its limits) is apply()'s
                 series = found
-                series.key = key
                 by_identity[id(key)] = found
             cell = series.slice_cell
             part = value * weight  # type: ignore[operator]
@@ -474,7 +476,7 @@ class Aggregator:
         tenant = batch.tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             # Entries of key objects a parser has let go (its caches started over) pile up.
             by_identity = self._by_identity[tenant] = {}
         applied = 0
@@ -490,10 +492,9 @@ class Aggregator:
         for group, key in zip(groups, group_keys, strict=True):
             start, end = bounds[group], bounds[group + 1]
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = table.get(key)
                 if series is not None:
-                    series.key = key
                     by_identity[id(key)] = series
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # A new series, a new slice or a type mismatch: the general way, sample by
@@ -555,17 +556,16 @@ class Aggregator:
             last_at = np.array(received)[parts[np.array(columns.group_ends) - 1]].tolist()
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             by_identity = self._by_identity[tenant] = {}
         applied = 0
         for key, kind, weight, start, end, seen in zip(
             keys, columns.kinds, columns.weights, columns.group_starts, columns.group_ends, last_at, strict=True
         ):
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = table.get(key)
                 if series is not None:
-                    series.key = key
                     by_identity[id(key)] = series
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # As in apply_deferred: the general way until the series' open slice is this one.
@@ -608,7 +608,7 @@ class Aggregator:
         tenant = frame.tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > 2 * len(table) + IDENTITY_SLACK:
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
             by_identity = self._by_identity[tenant] = {}
         keys = frame.keys
         applied = 0
@@ -616,14 +616,13 @@ class Aggregator:
         def lookup(key: SeriesKey) -> Series | None:
             series = table.get(key)
             if series is not None:
-                series.key = key
                 by_identity[id(key)] = series
             return series
 
         for sid, n, count, total, lo, hi, last in frame.counters:
             key = keys[sid]
             series: Series | None = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = lookup(key)
             cell = None if series is None or series.slice_start != slice_start else series.slice_cell
             if series is None or cell is None or series.kind != KIND_COUNTER:
@@ -646,7 +645,7 @@ class Aggregator:
         for sid, n, total, lo, hi, last, gauge_total in frame.gauges:
             key = keys[sid]
             series = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = lookup(key)
             cell = None if series is None or series.slice_start != slice_start else series.slice_cell
             if series is None or cell is None or series.kind != KIND_GAUGE:
@@ -670,7 +669,7 @@ class Aggregator:
         for sid, kind, weight, count, total, squares, lo, hi, values in frame.dists:
             key = keys[sid]
             series = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = lookup(key)
             cell = None if series is None or series.slice_start != slice_start else series.slice_cell
             if series is None or cell is None or series.kind != kind or cell.sketch is None:
@@ -699,7 +698,7 @@ class Aggregator:
         for sid, n, members in frame.sets:
             key = keys[sid]
             series = by_identity.get(id(key))
-            if series is None or series.key is not key:
+            if series is None or (series.key is not key and series.key != key):
                 series = lookup(key)
             cell = None if series is None or series.slice_start != slice_start else series.slice_cell
             if series is None or cell is None or series.kind != KIND_SET or cell.members is None:
@@ -899,8 +898,11 @@ class Aggregator:
         if align(self.now, self.level_seconds[0]) <= self.rolled_until[0]:
             return view  # no slice closed: nothing coarser can have closed either
         for level in range(LEVEL_COUNT - 1):
-            length = self.level_seconds[level]
-            boundary = align(self.now, length)
+            # Slices roll into their minute as each closes (the flush view is theirs); a coarser
+            # level's cells roll up only once the period above them has closed, so the open 5m,
+            # 1h and 1d windows are no cells at all (reads merge their finer cells) and a
+            # series holds one cell per level fewer: about 330 bytes each.
+            boundary = align(self.now, self.level_seconds[level if level == 0 else level + 1])
             old = self.rolled_until[level]
             if boundary <= old:
                 continue
@@ -980,7 +982,10 @@ class Aggregator:
                 cell = cells.get(start)
                 if cell is not None:
                     self._cell(series, level + 1, start - start % upper_length).merge(cell)
-            if boundary in cells or boundary + length in cells:
+            # Cells of periods from the boundary on (a coarse level rolls up only when the
+            # period above closes; finer cells of the next period may be there already).
+            newer = range(boundary, align(self.now + FUTURE_TOLERANCE, length) + length, length)
+            if any(s in cells for s in newer):
                 self._pending[level][series] = None
 
     # ------------------------------------------------------------------ queued roll-ups
@@ -1139,7 +1144,8 @@ class Aggregator:
     def _prune_levels(self, series: Series, retention: tuple[float, ...]) -> None:
         for level in range(1, LEVEL_COUNT):
             cells = series.levels[level]
-            cutoff = self.now - retention[level - 1] - self.level_seconds[level]
+            # Never a cell not yet rolled up (a retention shorter than the period above).
+            cutoff = min(self.now - retention[level - 1] - self.level_seconds[level], self.rolled_until[level])
             # Cells are inserted in time order (late ones are still recent), so the stale
             # ones are at the front.
             stale = []

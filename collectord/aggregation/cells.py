@@ -73,9 +73,19 @@ class Cell:
 
     def merge(self, other: Cell) -> None:
         """Fold `other` into this cell; `other` is treated as the newer one for `last`."""
-        self.count += other.count
-        self.sum += other.sum
-        self.sum_squares += other.sum_squares
+        # Into a fresh cell (a roll-up's first part) the other's float objects are shared, not
+        # copied: 24 bytes each per retained cell. Exact: these sums start at +0.0 and only
+        # ever add, so they are never -0.0, and 0.0 + x is x.
+        if self.count:
+            self.count += other.count
+        else:
+            self.count = other.count
+        if self.sum:
+            self.sum += other.sum
+        else:
+            self.sum = other.sum
+        if other.sum_squares:  # zero but for distributions: no new 0.0 per cell
+            self.sum_squares += other.sum_squares
         if other.min < self.min:
             self.min = other.min
         if other.max > self.max:
@@ -95,9 +105,17 @@ class Cell:
         """Fold many cells in at once (in order); sketches merge in one numpy pass."""
         sketches = []
         for part in parts:
-            self.count += part.count
-            self.sum += part.sum
-            self.sum_squares += part.sum_squares
+            # As in merge(): share a fresh cell's first part's floats, add no zeros.
+            if self.count:
+                self.count += part.count
+            else:
+                self.count = part.count
+            if self.sum:
+                self.sum += part.sum
+            else:
+                self.sum = part.sum
+            if part.sum_squares:
+                self.sum_squares += part.sum_squares
             if part.min < self.min:
                 self.min = part.min
             if part.max > self.max:

@@ -26,6 +26,10 @@ from collectord.model import (
 
 # Slices (one flush interval), then 1m, 5m, 1h, 1d.
 LEVEL_COUNT = 5
+# Metric names whose rejections are counted one by one (for /api/v1/cardinality); past it the
+# names rejected least are forgotten, so a flood of new names beyond the series cap cannot
+# grow memory (every rejection is still counted by reason).
+MAX_REJECTED_NAMES = 10_000
 # Shared by every level that holds nothing yet (an empty dict costs 64 bytes per level per
 # series); never written to: `Series.writable` swaps in a dict of the series' own first.
 _NO_CELLS: dict[int, Cell] = {}
@@ -55,8 +59,8 @@ class Series:
         self.tenant = tenant
         self.name = name
         self.tags = tags
-        # (name, tags): the table's key object, or the newest equal object the hot path saw
-        # (its identity index checks hits against it).
+        # (name, tags): the table's key object, the one the hot path's identity index checks
+        # hits against.
         self.key: SeriesKey = key if key is not None else (name, tags)
         self.kind = kind
         self.type: MetricType = TYPE_OF_KIND[kind]
@@ -137,7 +141,7 @@ class SeriesTable:
         """Create the series, or return the reason it is turned away."""
         name, tags = key
         if self.count >= self.limits.max_series:
-            self.rejected_by_metric[(tenant, name)] += 1
+            self._count_rejection(tenant, name)
             return "series_limit"
         per_key = self._tag_values.get((tenant, name))
         cap = self.limits.max_tag_values_per_key
@@ -145,7 +149,7 @@ class SeriesTable:
             for tag_key, tag_value in tags:
                 values = per_key.get(tag_key)
                 if values is not None and tag_value not in values and len(values) >= cap:
-                    self.rejected_by_metric[(tenant, name)] += 1
+                    self._count_rejection(tenant, name)
                     return "tag_cardinality"
         else:
             per_key = self._tag_values[(tenant, name)] = {}
@@ -159,6 +163,16 @@ class SeriesTable:
         self.by_name.setdefault((tenant, name), {})[tags] = series
         self.count += 1
         return series
+
+    def _count_rejection(self, tenant: str, name: str) -> None:
+        counts = self.rejected_by_metric
+        key = (tenant, name)
+        if key not in counts and len(counts) >= MAX_REJECTED_NAMES:
+            # Keep the half rejected most: amortised, one sort per MAX_REJECTED_NAMES / 2 names.
+            kept = sorted(counts.items(), key=lambda item: -item[1])[: MAX_REJECTED_NAMES // 2]
+            counts.clear()
+            counts.update(kept)
+        counts[key] += 1
 
     def restore(self, series: Series) -> None:
         """Register a series loaded from a checkpoint, bypassing the caps (it was admitted)."""

@@ -19,6 +19,7 @@ also the only place that raises (names.Invalid), and it fills the caches on succ
 from __future__ import annotations
 
 import re
+import sys
 from typing import Literal
 
 from collectord.limits import Limits
@@ -324,7 +325,9 @@ class StatsdParser:
         separator = b"," if influx else b";"
         name_raw, _, name_tags = name_part.partition(separator)
 
-        name = sanitize_name(decode(name_raw))
+        # Interned: the hosts under one name, and the keys made again after the caches start
+        # over, share the string the series already holds (about 65 bytes a series).
+        name = sys.intern(sanitize_name(decode(name_raw)))
         reason = check_name(name, self.limits)
         if reason is not None:
             raise Invalid(reason)
