@@ -125,9 +125,9 @@ class AggregateRows:
     @staticmethod
     def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell, final: bool = True) -> bytes:
         """One window's row: `prefix` from `prefix()`. The p50..p99 columns (for readers of the
-        table; queries merge the sketch) are filled once the window is `final` (closed): an
-        open 1m window is rewritten at every flush, and its percentiles were about a quarter of
-        the cost of encoding it."""
+        table; queries merge the sketch) are NULL when not `final`. The sink always writes them:
+        leaving an open window's for its final write (a quarter of its encoding cost) left them
+        NULL for good where no sample came between the last flush and the close."""
         f8 = copy.float8
         members = cell.members
         if members is not None:

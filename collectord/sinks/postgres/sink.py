@@ -669,7 +669,6 @@ class AggregatePlan:
         seconds = aggregator.level_seconds[level]
         prefix = self.sink.aggregate_rows.prefix(tenant, name, tags, metric_type)
         row = AggregateRows.row
-        until = self.until
         for start in range(first, stop, seconds):
             if series is None:
                 parts = aggregator.read_name_totals(tenant, name, level, start)
@@ -677,7 +676,9 @@ class AggregatePlan:
                 parts = aggregator.read(series, level, start)
             cell = merge_cells(parts)
             if cell is not None and not cell.is_empty:
-                out += row(prefix, level, start, seconds, cell, start + seconds <= until)
+                # Percentiles always: a window written open and never touched again before
+                # its close gets no final write, so it must not wait for one.
+                out += row(prefix, level, start, seconds, cell)
                 self.rows += 1
 
     async def batches(self) -> AsyncIterator[bytes]:
