@@ -79,6 +79,8 @@ def test_flush_writes_open_minutes_then_coarse_windows_once_closed(tmp_path: Pat
         (name, scope, "1m") for name in ("hits", "lat") for scope in (0, 1)
     }
     assert all(r["count"] == 100 for r in rows)
+    # Percentile columns from the first write: no write may follow before the window closes.
+    assert all(math.isclose(r["p99"], 99, rel_tol=0.01) for r in rows if r["metric_name"] == "lat")
     assert sink.status().lag_seconds == 0
 
     async def next_day() -> None:
@@ -97,6 +99,7 @@ def test_flush_writes_open_minutes_then_coarse_windows_once_closed(tmp_path: Pat
         assert lat["min"] == 1 and lat["max"] == 100 and lat["tags"] == {"host": "a"}
         assert lat["period_start"] == DAY_START and lat["source"] == "host-a"
         assert math.isclose(Sketch.from_bytes(lat["sketch"]).quantile(0.99) or 0, 99, rel_tol=0.01)
+        assert math.isclose(lat["p99"], 99, rel_tol=0.01)
         assert by[("hits", 1, granularity)]["sum"] == 200
     assert sink.status().lag_seconds == 0 and not sink._coarse_due(sink.offered_until)
 
