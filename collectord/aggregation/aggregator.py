@@ -613,18 +613,19 @@ class Aggregator:
         keys = frame.keys
         applied = 0
 
-        def lookup(key: SeriesKey) -> Series | None:
-            series = table.get(key)
-            if series is not None:
-                by_identity[id(key)] = series
-            return series
+        def find(sid: int) -> tuple[SeriesKey, Series | None, Cell | None]:
+            """An entry's key, its series, and the series' open slice if it is the frame's."""
+            key = keys[sid]
+            series = by_identity.get(id(key))
+            if series is None or (series.key is not key and series.key != key):
+                series = table.get(key)
+                if series is not None:
+                    by_identity[id(key)] = series
+            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            return key, series, cell
 
         for sid, n, count, total, lo, hi, last in frame.counters:
-            key = keys[sid]
-            series: Series | None = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = lookup(key)
-            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            key, series, cell = find(sid)
             if series is None or cell is None or series.kind != KIND_COUNTER:
                 part = Cell()
                 part.count, part.sum, part.min, part.max, part.last = count, total, lo, hi, last
@@ -643,11 +644,7 @@ class Aggregator:
             series.last_timestamp = received
             applied += n
         for sid, n, total, lo, hi, last, gauge_total in frame.gauges:
-            key = keys[sid]
-            series = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = lookup(key)
-            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            key, series, cell = find(sid)
             if series is None or cell is None or series.kind != KIND_GAUGE:
                 part = Cell()
                 part.count, part.sum, part.min, part.max, part.last = float(n), total, lo, hi, last
@@ -667,11 +664,7 @@ class Aggregator:
             applied += n
         deferred = self._deferred
         for sid, kind, weight, count, total, squares, lo, hi, values in frame.dists:
-            key = keys[sid]
-            series = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = lookup(key)
-            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            key, series, cell = find(sid)
             if series is None or cell is None or series.kind != kind or cell.sketch is None:
                 part = Cell.for_distribution()
                 part.count, part.sum, part.sum_squares = count, total, squares
@@ -696,11 +689,7 @@ class Aggregator:
             series.last_timestamp = received
             applied += len(values)
         for sid, n, members in frame.sets:
-            key = keys[sid]
-            series = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = lookup(key)
-            cell = None if series is None or series.slice_start != slice_start else series.slice_cell
+            key, series, cell = find(sid)
             if series is None or cell is None or series.kind != KIND_SET or cell.members is None:
                 part = Cell.for_set()
                 assert part.members is not None
