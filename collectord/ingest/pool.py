@@ -41,6 +41,7 @@ from collectord.ingest.frame import (
 )
 from collectord.ingest.worker import WorkerSettings
 from collectord.ring import PAYLOAD_FRAME, PAYLOAD_FRAME_KEYS, Batch
+from collectord.sources.tcp import PausableReader
 from collectord.sources.udp import _raise_receive_buffer, kernel_udp_drops
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class PoolStats:
     samples: int = 0
 
 
-class _WorkerLink(asyncio.Protocol):
+class _WorkerLink(PausableReader):
     """One worker process and the owner's end of its socket."""
 
     def __init__(self, pool: WorkerPool, index: int, process: subprocess.Popen[bytes]) -> None:
@@ -137,17 +138,6 @@ class _WorkerLink(asyncio.Protocol):
             self.process.kill()
         if self.transport is not None:
             self.transport.abort()
-
-    def pause(self) -> None:
-        if self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and self.paused:
-            self.paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A partial message in the buffer is what a killed worker was writing: never applied.

@@ -33,7 +33,26 @@ class TcpSettings:
     max_connections: int = 1024
 
 
-class _LineConnection(asyncio.Protocol):
+class PausableReader(asyncio.Protocol):
+    """A stream protocol whose reading stops while the consumer behind it is full
+    (backpressure): TCP connections here, workers' links in collectord/ingest/pool.py."""
+
+    transport: asyncio.Transport | None
+    paused: bool
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
+class _LineConnection(PausableReader):
     def __init__(self, source: TcpSource) -> None:
         self.source = source
         self.transport: asyncio.Transport | None = None
@@ -114,17 +133,6 @@ class _LineConnection(asyncio.Protocol):
         source = self.source
         source.connections.discard(self)
         source.counters.connections_open = len(source.connections)
-
-    def pause(self) -> None:
-        if self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and self.paused:
-            self.paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
 
 
 @dataclass
