@@ -194,6 +194,26 @@ class StatsdParser:
         stats.accepted += accepted
         return first
 
+    def parse_repeated(self, packet: bytes, out: list[Sample]) -> bool:
+        """parse() for a packet whose every line is in the line cache (a TCP read of lines
+        sent before: counters, repeated values): their cached samples appended and counted in
+        C (one dict lookup per line by map(), no bytecode per line). False, with nothing
+        appended or counted, when a line is not cached; the caller then calls parse()."""
+        line_cache = self._lines
+        lines = packet.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        if not lines or lines[0] not in line_cache:
+            return False  # the usual miss (timers, new series) costs one lookup
+        samples = list(map(line_cache.get, lines))
+        if not all(samples):  # a None: a line not cached (samples are non-empty tuples)
+            return False
+        out.extend(samples)  # type: ignore[arg-type]
+        stats = self.stats
+        stats.lines += len(samples)
+        stats.accepted += len(samples)
+        return True
+
     def templates(self, pairs: list[tuple[bytes, bytes]]) -> list[_Template | None]:
         """The cached template of each (name, tail) pair, None where none is cached."""
         templates = self._templates

@@ -20,6 +20,7 @@ from collectord.config import split_host_port
 from collectord.counters import SourceCounters
 from collectord.model import Sample
 from collectord.protocols.parse_stats import ParseStats
+from collectord.protocols.statsd import StatsdParser
 from collectord.ring import PAYLOAD_STATSD, Batch, Ring
 from collectord.sources.udp import PacketParser
 
@@ -113,7 +114,9 @@ class _LineConnection(PausableReader):
         if len(chunk) > source.settings.max_line:
             chunk = source.without_long_lines(chunk)
         samples: list[Sample] = []
-        source.parser.parse(chunk, samples)
+        repeated = source.parse_repeated
+        if repeated is None or not repeated(chunk, samples):
+            source.parser.parse(chunk, samples)
         if samples:
             source.ring.force(Batch(source.tenant, samples, time.time(), source.payload_kind, chunk))
             if source.ring.full:
@@ -148,9 +151,15 @@ class TcpSource:
     counters: SourceCounters
     payload_kind: int = PAYLOAD_STATSD
     connections: set[_LineConnection] = field(default_factory=set)
+    # StatsdParser.parse_repeated when the parser has one: a read of cached lines in C.
+    parse_repeated: Callable[[bytes, list[Sample]], bool] | None = field(init=False, default=None)
     server: asyncio.Server | None = None
     _resumer: asyncio.Task[None] | None = None
     _sweeper: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.parser, StatsdParser):
+            self.parse_repeated = self.parser.parse_repeated
 
     def factory(self) -> Callable[[], asyncio.Protocol]:
         return lambda: _LineConnection(self)
