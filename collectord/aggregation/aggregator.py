@@ -18,11 +18,10 @@ applied, so replaying a write-ahead log puts every sample back in the same windo
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, islice
+from itertools import chain, islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -363,19 +362,23 @@ class Aggregator:
 
     def _apply_counted(self, run: list[Batch], slice_start: int, size: int) -> bool:
         """apply() for a run of batches by counting repeated sample tuples; False (nothing
-        applied) unless every sample qualifies (see apply_many)."""
-        samples = list(chain.from_iterable(batch.samples for batch in run))
-        ids = list(map(id, samples))
-        last_at = dict(zip(ids, range(size), strict=True))  # a tuple's last position wins
-        self._distinct_seen = len(last_at)
-        if len(last_at) * COLLAPSE_MIN_REPEATS > size:
+        applied) unless every sample qualifies (see apply_many).
+
+        One C pass counts the tuples (by identity: the batches keep them alive, so ids are
+        unique); where each distinct tuple last occurs (its series' last value and last_seen)
+        comes from scanning the batches from the end, which usually stops after a few."""
+        repeats = Counter(map(id, chain.from_iterable(batch.samples for batch in run)))
+        self._distinct_seen = len(repeats)
+        if len(repeats) * COLLAPSE_MIN_REPEATS > size:
             return False
+        last = _last_occurrences(run, repeats.keys())
         tenant = run[0].tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.setdefault(tenant, {})
-        plan: list[tuple[Series, Cell, float, float, int]] = []
-        for position in sorted(last_at.values()):
-            key, kind, value, weight, ts = samples[position]
+        plan: list[tuple[Series, Cell, float, float, int, float]] = []
+        # In order of last occurrence: of two tuples of one series the later one's value stays.
+        for (_batch, _position), sample, received in sorted(last.values(), key=itemgetter(0)):
+            key, kind, value, weight, ts = sample
             if kind != KIND_COUNTER or ts is not None:
                 return False
             known = by_identity.get(id(key))
@@ -399,11 +402,8 @@ class Aggregator:
                 or not cell.count < _EXACT_SUM
             ):
                 return False
-            plan.append((series, cell, value, weight, position))  # type: ignore[arg-type]
-        repeats = Counter(ids)
-        ends = list(accumulate(len(batch.samples) for batch in run))
-        for series, cell, value, weight, position in plan:
-            times = repeats[id(samples[position])]
+            plan.append((series, cell, value, weight, repeats[id(sample)], received))  # type: ignore[arg-type]
+        for series, cell, value, weight, times, received in plan:
             cell.count += weight * times
             cell.sum += value * weight * times
             if value < cell.min:
@@ -413,7 +413,6 @@ class Aggregator:
             cell.last = value
             series.total += value * weight * times
             series.last_value = value
-            received = run[bisect_right(ends, position)].received_at
             series.last_seen = received
             series.last_timestamp = received
         latest = max(batch.received_at for batch in run)
@@ -1215,3 +1214,25 @@ class Aggregator:
 
     def memory_bytes(self) -> int:
         return sum(s.nbytes() for s in self.table.all_series()) + sum(t.nbytes() for t in self.name_totals.values())
+
+
+def _last_occurrences(run: list[Batch], ids: Iterable[int]) -> dict[int, tuple[tuple[int, int], Sample, float]]:
+    """For each sample identity in `ids` (all present in `run`): where it last occurs as
+    (batch, position), the sample, and that batch's receive time. Scans batches from the
+    last one and stops once every identity is found."""
+    remaining = set(ids)
+    last: dict[int, tuple[tuple[int, int], Sample, float]] = {}
+    for b in range(len(run) - 1, -1, -1):
+        samples = run[b].samples
+        positions = dict(zip(map(id, samples), range(len(samples)), strict=True))  # last position wins
+        found = remaining.intersection(positions)
+        if not found:
+            continue
+        received = run[b].received_at
+        for identity in found:
+            position = positions[identity]
+            last[identity] = ((b, position), samples[position], received)
+        remaining -= found
+        if not remaining:
+            break
+    return last
