@@ -18,7 +18,6 @@ applied, so replaying a write-ahead log puts every sample back in the same windo
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -364,20 +363,29 @@ class Aggregator:
         """apply() for a run of batches by counting repeated sample tuples; False (nothing
         applied) unless every sample qualifies (see apply_many).
 
-        One C pass counts the tuples (by identity: the batches keep them alive, so ids are
-        unique); where each distinct tuple last occurs (its series' last value and last_seen)
-        comes from scanning the batches from the end, which usually stops after a few."""
-        repeats = Counter(map(id, chain.from_iterable(batch.samples for batch in run)))
-        self._distinct_seen = len(repeats)
-        if len(repeats) * COLLAPSE_MIN_REPEATS > size:
+        The tuples are told apart by identity (the batches keep them alive, so ids are unique),
+        counted by numpy's sort of the ids taken from the end: each distinct id's count and
+        last position (its series' last value and last_seen) in one np.unique."""
+        ids = np.fromiter(map(id, chain.from_iterable(batch.samples for batch in run)), dtype=np.int64, count=size)
+        distinct, from_end, counts = np.unique(ids[::-1], return_index=True, return_counts=True)
+        self._distinct_seen = len(distinct)
+        if len(distinct) * COLLAPSE_MIN_REPEATS > size:
             return False
-        last = _last_occurrences(run, repeats.keys())
+        # In order of last occurrence: of two tuples of one series the later one's value stays.
+        by_last = np.argsort(from_end, kind="stable")[::-1]
+        positions = (size - 1 - from_end[by_last]).tolist()
+        repeat_counts = counts[by_last].tolist()
+        lengths = np.fromiter(map(len, (batch.samples for batch in run)), dtype=np.int64, count=len(run))
+        ends = np.cumsum(lengths)
+        batch_of = np.searchsorted(ends, positions, side="right").tolist()
+        starts = (ends - lengths).tolist()
         tenant = run[0].tenant
         table = self.table.tenant_table(tenant)
         by_identity = self._by_identity.setdefault(tenant, {})
         plan: list[tuple[Series, Cell, float, float, int, float]] = []
-        # In order of last occurrence: of two tuples of one series the later one's value stays.
-        for (_batch, _position), sample, received in sorted(last.values(), key=itemgetter(0)):
+        for position, b, repeats in zip(positions, batch_of, repeat_counts, strict=True):
+            batch = run[b]
+            sample = batch.samples[position - starts[b]]
             key, kind, value, weight, ts = sample
             if kind != KIND_COUNTER or ts is not None:
                 return False
@@ -402,7 +410,7 @@ class Aggregator:
                 or not cell.count < _EXACT_SUM
             ):
                 return False
-            plan.append((series, cell, value, weight, repeats[id(sample)], received))  # type: ignore[arg-type]
+            plan.append((series, cell, value, weight, repeats, batch.received_at))  # type: ignore[arg-type]
         for series, cell, value, weight, times, received in plan:
             cell.count += weight * times
             cell.sum += value * weight * times
@@ -1214,25 +1222,3 @@ class Aggregator:
 
     def memory_bytes(self) -> int:
         return sum(s.nbytes() for s in self.table.all_series()) + sum(t.nbytes() for t in self.name_totals.values())
-
-
-def _last_occurrences(run: list[Batch], ids: Iterable[int]) -> dict[int, tuple[tuple[int, int], Sample, float]]:
-    """For each sample identity in `ids` (all present in `run`): where it last occurs as
-    (batch, position), the sample, and that batch's receive time. Scans batches from the
-    last one and stops once every identity is found."""
-    remaining = set(ids)
-    last: dict[int, tuple[tuple[int, int], Sample, float]] = {}
-    for b in range(len(run) - 1, -1, -1):
-        samples = run[b].samples
-        positions = dict(zip(map(id, samples), range(len(samples)), strict=True))  # last position wins
-        found = remaining.intersection(positions)
-        if not found:
-            continue
-        received = run[b].received_at
-        for identity in found:
-            position = positions[identity]
-            last[identity] = ((b, position), samples[position], received)
-        remaining -= found
-        if not remaining:
-            break
-    return last
