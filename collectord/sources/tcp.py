@@ -34,6 +34,20 @@ class TcpSettings:
     max_connections: int = 1024
 
 
+def has_long_line(chunk: bytes, limit: int) -> bool:
+    """Whether a line of `chunk` is longer than `limit` bytes (its newline not counted): a
+    window of limit + 1 bytes without a newline. One rfind per window, each stopping at the
+    window's last newline, so a read of short lines costs a few C calls, not a split."""
+    size = len(chunk)
+    start = 0
+    while size - start > limit:
+        newline = chunk.rfind(b"\n", start, start + limit + 1)
+        if newline < 0:
+            return True
+        start = newline + 1
+    return False
+
+
 class PausableReader(asyncio.Protocol):
     """A stream protocol whose reading stops while the consumer behind it is full
     (backpressure): TCP connections here, workers' links in collectord/ingest/pool.py."""
@@ -111,7 +125,8 @@ class _LineConnection(PausableReader):
 
     def _emit(self, chunk: bytes) -> None:
         source = self.source
-        if len(chunk) > source.settings.max_line:
+        limit = source.settings.max_line
+        if len(chunk) > limit and has_long_line(chunk, limit):
             chunk = source.without_long_lines(chunk)
         samples: list[Sample] = []
         repeated = source.parse_repeated
