@@ -347,9 +347,9 @@ class Aggregator:
             total += size
             # Counting pays off when the run repeats its tuples: try it only on runs long enough
             # to repeat the number of distinct tuples the last attempt found often enough.
+            # A single batch counts too: a TCP read holds thousands of lines.
             if (
-                j - i == 1
-                or size < COLLAPSE_MIN_SAMPLES
+                size < COLLAPSE_MIN_SAMPLES
                 or size < COLLAPSE_MIN_REPEATS * self._distinct_seen
                 or start < open_from
                 or not self._apply_counted(batches[i:j], start, size)
