@@ -399,7 +399,7 @@ class Aggregator:
                 series = found
                 by_identity[id(key)] = found
             cell = series.slice_cell
-            part = value * weight  # type: ignore[operator]
+            part = value * weight
             if (
                 series.kind != KIND_COUNTER
                 or series.slice_start != slice_start
@@ -410,7 +410,7 @@ class Aggregator:
                 or not cell.count < _EXACT_SUM
             ):
                 return False
-            plan.append((series, cell, value, weight, repeats, batch.received_at))  # type: ignore[arg-type]
+            plan.append((series, cell, value, weight, repeats, batch.received_at))
         for series, cell, value, weight, times, received in plan:
             cell.count += weight * times
             cell.sum += value * weight * times
