@@ -2,7 +2,7 @@
 none lost", for this checkout and others, taking turns so that each pair shares the machine's load.
 
 .venv/bin/python benchmarks/tcp.py [--tree main=/work/main] [--rounds 3] [--total 20000000]
-    [--shape counter] [--connections 50] [--extra '[ingest]\\nworkers = 2'] [--port-base 22100]
+    [--shape counter] [--connections 50] [--extra 'workers = 2'] [--port-base 22100]
 
 Each trial starts a fresh daemon (default config, WAL on) from the tree, runs the C load
 generator (benchmarks/loadgen.c: 25 lines per write, 1,000 series) over `--connections`
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=20_000_000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--shape", default="counter")
-    parser.add_argument("--extra", default="", help="more daemon config (\\n for newlines)")
+    parser.add_argument("--extra", default="", help="more lines of the daemon's [ingest] section (\\n for newlines)")
     parser.add_argument("--port-base", type=int, default=22100)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
