@@ -33,10 +33,18 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process and its reaped children (a stat read)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(session: int) -> float:
+    """User + system CPU of every live process of the daemon's session (the daemon, its
+    ingest workers, a checkpoint's child), from /proc/<pid>/stat."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == session:
+            total += sum(int(x) for x in fields[11:13])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def counted(stats: dict[str, Any]) -> int:
@@ -77,7 +85,7 @@ def run(tree: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(took, 2),
         "sender_seconds": round(sender_done - began, 2),
         "accepted_rate": round(accepted / took),
-        # Lines per CPU second of the daemon: less at the mercy of other load than the rate.
+        # Lines per CPU second of the daemon and its workers: less at the mercy of other load.
         "lines_per_cpu_s": round(accepted / max(cpu, 1e-9)),
         "load": load(),
     }

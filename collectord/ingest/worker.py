@@ -42,6 +42,7 @@ from collectord.limits import Limits
 from collectord.model import Sample
 from collectord.protocols.parse_stats import EXAMPLE_BYTES, ParseStats
 from collectord.protocols.statsd import StatsdParser
+from collectord.sources.tcp import has_long_line
 
 # Datagrams read per readiness event before the ship deadline is looked at again.
 READ_BURST = 256
@@ -256,7 +257,7 @@ class Worker:
 
     def _emit(self, connection: _Connection, chunk: bytes) -> None:
         limit = self.settings.tcp_max_line
-        if len(chunk) > limit:
+        if len(chunk) > limit and has_long_line(chunk, limit):
             kept = []
             for line in chunk.split(b"\n"):
                 if len(line) > limit:
@@ -265,7 +266,9 @@ class Worker:
                     kept.append(line)
             chunk = b"\n".join(kept)
         self._start_frame()
-        self.parser.parse(chunk, self.pending)
+        # A read of cached lines in C (sources/tcp.py does the same in the owner).
+        if not self.parser.parse_repeated(chunk, self.pending):
+            self.parser.parse(chunk, self.pending)
         if len(self.pending) >= MAX_FRAME_SAMPLES:
             self.ship()
 
