@@ -199,6 +199,8 @@ class StatsdParser:
         sent before: counters, repeated values): their cached samples appended and counted in
         C (one dict lookup per line by map(), no bytecode per line). False, with nothing
         appended or counted, when a line is not cached; the caller then calls parse()."""
+        if type(packet) is not bytes:
+            return False  # a bytearray's lines could not be looked up: parse() copies it
         line_cache = self._lines
         lines = packet.split(b"\n")
         if not lines[-1]:

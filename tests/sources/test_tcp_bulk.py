@@ -278,3 +278,34 @@ async def test_many_real_connections_bulk_equals_line_by_line() -> None:
     assert source.parse_stats.accepted == 20 * 2998 == stats.accepted
     assert source.parse_stats.rejected == {"bad_value": 20, "line_too_long": 20}
     assert source.counters.lines_too_long == 20
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, len(LINES) - 1), max_size=60),
+    st.lists(st.integers(0, len(LINES) - 1), max_size=60),
+    st.booleans(),
+)
+def test_parse_repeated_is_parse_or_nothing(warm: list[int], packet_lines: list[int], final: bool) -> None:
+    """parse_repeated either gives exactly parse()'s samples and counts, or touches nothing."""
+    packet = b"\n".join(LINES[i] for i in packet_lines) + (b"\n" if final else b"")
+    warm_packet = b"\n".join(LINES[i] for i in warm)
+    fast_stats, slow_stats = ParseStats(), ParseStats()
+    fast, slow = StatsdParser(Limits(), stats=fast_stats), StatsdParser(Limits(), stats=slow_stats)
+    fast.parse(warm_packet, [])
+    slow.parse(warm_packet, [])
+    before = (fast_stats.lines, fast_stats.accepted, dict(fast_stats.rejected))
+    got: list[Sample] = []
+    if fast.parse_repeated(packet, got):
+        expected: list[Sample] = []
+        slow.parse(packet, expected)
+        assert got == expected
+        assert (fast_stats.lines, fast_stats.accepted, fast_stats.rejected) == (
+            slow_stats.lines,
+            slow_stats.accepted,
+            slow_stats.rejected,
+        )
+    else:
+        assert got == []
+        assert (fast_stats.lines, fast_stats.accepted, dict(fast_stats.rejected)) == before
+    assert not fast.parse_repeated(bytearray(packet), got)  # type: ignore[arg-type]
