@@ -363,17 +363,25 @@ class Aggregator:
         """apply() for a run of batches by counting repeated sample tuples; False (nothing
         applied) unless every sample qualifies (see apply_many).
 
-        The tuples are told apart by identity (the batches keep them alive, so ids are unique),
-        counted by numpy's sort of the ids taken from the end: each distinct id's count and
-        last position (its series' last value and last_seen) in one np.unique."""
+        The tuples are told apart by identity (the batches keep them alive, so ids are unique):
+        numpy sorts the ids (an unstable sort: no order is needed within a group), and each
+        group's size is its tuple's count and its largest position the last occurrence (its
+        series' last value and last_seen)."""
         ids = np.fromiter(map(id, chain.from_iterable(batch.samples for batch in run)), dtype=np.int64, count=size)
-        distinct, from_end, counts = np.unique(ids[::-1], return_index=True, return_counts=True)
-        self._distinct_seen = len(distinct)
-        if len(distinct) * COLLAPSE_MIN_REPEATS > size:
+        order = np.argsort(ids)
+        ordered = ids[order]
+        head = np.empty(size, dtype=np.bool_)
+        head[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
+        heads = np.flatnonzero(head)
+        self._distinct_seen = len(heads)
+        if len(heads) * COLLAPSE_MIN_REPEATS > size:
             return False
+        last = np.maximum.reduceat(order, heads)
+        counts = np.diff(np.append(heads, size))
         # In order of last occurrence: of two tuples of one series the later one's value stays.
-        by_last = np.argsort(from_end, kind="stable")[::-1]
-        positions = (size - 1 - from_end[by_last]).tolist()
+        by_last = np.argsort(last)
+        positions = last[by_last].tolist()
         repeat_counts = counts[by_last].tolist()
         lengths = np.fromiter(map(len, (batch.samples for batch in run)), dtype=np.int64, count=len(run))
         ends = np.cumsum(lengths)
