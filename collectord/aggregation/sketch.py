@@ -52,6 +52,7 @@ __all__ = [
     "Sketch",
     "SketchDecodeError",
     "merge_encoded",
+    "quantiles_many",
 ]
 
 RELATIVE_ACCURACY: Final = 0.0099
@@ -944,6 +945,114 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
             # Keep the invariant that integer totals cannot wrap uint64 arithmetic.
             sketch._to_float()
     return sketch
+
+
+# Below this, every running sum of a batch of integer counts is exact in a float64.
+_EXACT_SUM: Final = float(1 << 53)
+
+
+def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list[float | None]]:
+    """[s.quantiles(qs) for s in sketches], the same floats, with the ranks of the common
+    sketches (integer counts at unit weight, no negative values) found for all of them at once:
+    one cumulative sum and one search over their buckets laid end to end, instead of about ten
+    numpy calls per sketch (a flush encodes thousands of small sketches). The others, and a
+    batch whose sums could lose exactness, take `quantiles` one by one."""
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+    out: list[list[float | None] | None] = [None] * len(sketches)
+    picked: list[int] = []
+    stores: list[Counts] = []
+    for i, sketch in enumerate(sketches):
+        sketch._settle()
+        dtype = sketch._dtype
+        if (
+            dtype is _F64
+            or dtype is _U64
+            or sketch._unit != 1.0
+            or len(sketch._neg)
+            or not len(sketch._pos)
+            or sketch._zero >= _MAX_INCREMENT
+        ):
+            out[i] = sketch.quantiles(qs)
+        else:
+            picked.append(i)
+            stores.append(sketch._pos)
+    if picked:
+        lengths = np.fromiter((len(s) for s in stores), dtype=np.int64, count=len(stores))
+        zeros = np.fromiter((sketches[i]._zero for i in picked), dtype=_F64, count=len(picked))
+        running = np.concatenate(stores, dtype=np.int64).cumsum()
+        if float(running[-1]) + float(zeros.sum()) >= _EXACT_SUM:
+            for i in picked:
+                out[i] = sketches[i].quantiles(qs)
+        else:
+            _ranks_laid_end_to_end(sketches, picked, qs, running, lengths, zeros, out)
+    return out  # type: ignore[return-value]  # every slot is filled
+
+
+def _ranks_laid_end_to_end(
+    sketches: Sequence[Sketch],
+    picked: list[int],
+    qs: Sequence[float],
+    running: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    zeros: npt.NDArray[np.float64],
+    out: list[list[float | None] | None],
+) -> None:
+    """quantiles() of the picked sketches, whose positive stores are laid end to end in
+    `running` (their cumulative sum). A sketch's own running sum over [zero, pos...] is
+    zero + running[j] - base (base: the sum before its first bucket), so "the first bucket whose
+    running sum passes rank r" is one search for r - zero + base in `running`; every value here
+    is an integer below 2**53, so the comparisons are the one-by-one path's exactly."""
+    ends = lengths.cumsum()
+    starts = ends - lengths
+    bases = np.concatenate(((0,), running[:-1]))[starts].astype(_F64)
+    totals = zeros + (running[ends - 1].astype(_F64) - bases)
+    max_rank = totals - 1.0
+    snap = 1e-12 * totals
+    # Rows: sketches; columns: the quantiles. The same float steps as `quantiles`.
+    rank = np.maximum(np.multiply.outer(max_rank, np.asarray(qs, dtype=_F64)), 0.0)
+    nearest = np.rint(rank)
+    rank = np.where(np.abs(rank - nearest) <= snap[:, None], nearest, rank)
+    below = np.floor(rank)
+    fracs = (rank - below).tolist()
+    shift = (bases - zeros)[:, None]
+    found_lo = _found(running, below, shift, zeros, starts, lengths)
+    found_hi = _found(running, np.ceil(rank), shift, zeros, starts, lengths)
+    # Bucket values by key, each computed once per batch (index 0 is the zero bucket).
+    values: dict[int, float] = {}
+    for row, i in enumerate(picked):
+        base = sketches[i]._pos_lo - 1
+        result: list[float | None] = []
+        for lo, hi, frac in zip(found_lo[row], found_hi[row], fracs[row], strict=True):
+            v_lo = values.get(base + lo) if lo else 0.0
+            if v_lo is None:
+                v_lo = values[base + lo] = _value_of_key(base + lo)
+            if lo == hi:
+                result.append(v_lo)
+                continue
+            v_hi = values.get(base + hi) if hi else 0.0
+            if v_hi is None:
+                v_hi = values[base + hi] = _value_of_key(base + hi)
+            result.append((1.0 - frac) * v_lo + frac * v_hi)
+        out[i] = result
+
+
+def _found(
+    running: npt.NDArray[np.int64],
+    ranks: npt.NDArray[np.float64],
+    shift: npt.NDArray[np.float64],
+    zeros: npt.NDArray[np.float64],
+    starts: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+) -> list[list[int]]:
+    """Per sketch and rank: the index, in [zero, pos...], of the first bucket whose running sum
+    exceeds the rank (searchsorted side="right"), clamped to the last bucket."""
+    in_store = running.searchsorted(ranks + shift, side="right") - starts[:, None]
+    in_store = np.clip(in_store, 0, lengths[:, None])
+    found = in_store + (zeros[:, None] <= ranks)
+    found = np.minimum(found, lengths[:, None])
+    return found.tolist()  # type: ignore[no-any-return]
 
 
 def merge_encoded(blobs: Sequence[bytes | bytearray | memoryview]) -> Sketch:
