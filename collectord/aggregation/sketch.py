@@ -51,6 +51,7 @@ __all__ = [
     "ZERO_THRESHOLD",
     "Sketch",
     "SketchDecodeError",
+    "encode_many",
     "merge_encoded",
     "quantiles_many",
 ]
@@ -1036,6 +1037,55 @@ def _ranks_laid_end_to_end(
                 v_hi = values[base + hi] = _value_of_key(base + hi)
             result.append((1.0 - frac) * v_lo + frac * v_hi)
         out[i] = result
+
+
+def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
+    """[s.to_bytes() for s in sketches], the same bytes, with the common sketches (one-byte
+    counts at unit weight, no negative values) trimmed together: one search for nonzero buckets
+    over their stores laid end to end instead of four numpy calls each."""
+    out: list[bytes | None] = [None] * len(sketches)
+    picked: list[int] = []
+    stores: list[Counts] = []
+    for i, sketch in enumerate(sketches):
+        sketch._settle()
+        if (
+            sketch._dtype is not _UINT_RUNGS[0]
+            or sketch._unit != 1.0
+            or len(sketch._neg)
+            or not len(sketch._pos)
+            or sketch._zero > _U64_MAX
+        ):
+            out[i] = sketch.to_bytes()
+        else:
+            picked.append(i)
+            stores.append(sketch._pos)
+    if picked:
+        laid = np.concatenate(stores)
+        ends = np.cumsum([len(store) for store in stores])
+        starts = ends - np.fromiter((len(store) for store in stores), dtype=np.int64, count=len(stores))
+        nonzero = np.flatnonzero(laid)
+        # Per store: its first nonzero bucket and one past its last (equal: all zero).
+        first = nonzero[np.minimum(nonzero.searchsorted(starts), len(nonzero) - 1)] if len(nonzero) else starts
+        stop = nonzero.searchsorted(ends)
+        last = nonzero[np.maximum(stop - 1, 0)] + 1 if len(nonzero) else starts
+        raw = laid.tobytes()
+        for i, lo, hi, start, end in zip(
+            picked, first.tolist(), last.tolist(), starts.tolist(), ends.tolist(), strict=True
+        ):
+            sketch = sketches[i]
+            encoded = bytearray((FORMAT_VERSION, 0))  # flags: integer counts, unit weight 1
+            _put_varint(encoded, int(sketch._zero))
+            if not start <= lo < end or not start < hi <= end or hi <= lo:
+                encoded += b"\x00\x00"  # both stores empty
+            else:
+                encoded.append(0)  # the negative store
+                _put_varint(encoded, hi - lo)
+                key = sketch._pos_lo + lo - start
+                _put_varint(encoded, (key << 1) ^ (key >> 63))
+                encoded.append(1)  # one byte per count
+                encoded += raw[lo:hi]
+            out[i] = bytes(encoded)
+    return out  # type: ignore[return-value]  # every slot is filled
 
 
 def _found(

@@ -41,6 +41,7 @@ import msgspec
 from collectord.aggregation.cells import Cell, prepare_percentiles
 from collectord.aggregation.query import merge_cells
 from collectord.aggregation.series import Series
+from collectord.aggregation.sketch import encode_many
 from collectord.audit import AuditEvent
 from collectord.model import MetricType, Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
@@ -693,16 +694,19 @@ class AggregatePlan:
                 self.rows += 1
 
     def _encode_held(self, out: bytearray) -> None:
-        """Encode the held distribution rows into `out`, their percentiles computed together.
+        """Encode the held distribution rows into `out`, their percentiles and sketches
+        computed together.
         A held cell is read as it stands now (the loop may have run since it was taken): the
         same as a cell read after a yield, and a change meanwhile has marked it dirty again."""
         held = self.held
         if not held:
             return
-        prepare_percentiles([entry[4] for entry in held])
+        cells = [entry[4] for entry in held]
+        prepare_percentiles(cells)
+        encoded = encode_many([cell.sketch for cell in cells])  # type: ignore[misc]  # held: sketch set
         row = AggregateRows.row
-        for prefix, level, start, seconds, cell in held:
-            out += row(prefix, level, start, seconds, cell)
+        for (prefix, level, start, seconds, cell), sketch_bytes in zip(held, encoded, strict=True):
+            out += row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes)
         held.clear()
 
     async def batches(self) -> AsyncIterator[bytes]:
