@@ -146,9 +146,9 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
                 await sink.write_pending()
                 total = time.perf_counter() - began
                 cpu = time.process_time() - cpu
-                pg_cpu = await backend_cpu(dsn) - pg_cpu
                 stop.set()
                 await probe
+                pg_cpu = await backend_cpu(dsn) - pg_cpu
                 gaps = gaps[1:]  # the first gap holds the advance, reported on its own
                 totals.append(total)
                 while background and pipeline.aggregator.rolling:

@@ -340,6 +340,9 @@ class Sketch:
         one sketch fed both inputs. Float counts (unrelated fractional weights) add with float
         rounding.
         """
+        if self._takes_pending(other):
+            self.add_list(other._pending, other._unit)  # type: ignore[arg-type]  # checked
+            return
         self._settle()
         other._settle()
         if other.is_empty():
@@ -373,6 +376,21 @@ class Sketch:
             self._add_block(False, other._neg_lo, o_neg, o_total)
         self._zero += o_zero
 
+    def _takes_pending(self, other: Sketch) -> bool:
+        """Whether `other` holds only values add() held back (a slice's sketch, never read) and
+        both count in integers: merging it is then adding those values (the same buckets), and
+        they join this sketch's own held-back values, stored with them in one add_many when
+        this sketch is read, instead of being stored twice (other's stores, then a merge)."""
+        return (
+            other._pending is not None
+            and other is not self
+            and not len(other._pos)
+            and not len(other._neg)
+            and not other._zero
+            and self._dtype is not _F64
+            and other._dtype is not _F64
+        )
+
     def merge_many(self, others: Sequence[Sketch]) -> None:
         """Merge several sketches at once: the same buckets as merging them one by one (up to
         float rounding when unrelated fractional weights have made counts floats).
@@ -381,6 +399,13 @@ class Sketch:
         array per sign first and merged in once: the query path merges the open slices of
         every series of a metric, and one merge each would cost a few microseconds apiece.
         """
+        rest = []
+        for other in others:
+            if self._takes_pending(other):
+                self.add_list(other._pending, other._unit)  # type: ignore[arg-type]  # checked
+            else:
+                rest.append(other)
+        others = rest
         self._settle()
         for other in others:
             other._settle()

@@ -91,3 +91,42 @@ def test_prepare_percentiles_caches_what_percentiles_computes() -> None:
     cells[0].max = 1000.0
     assert cells[0].percentiles() != expected[0]
     assert len(cells[0].percentiles()) == len(PERCENTILES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(values, weights), max_size=30),
+    st.lists(values, max_size=30),
+    weights,
+    st.booleans(),
+    st.integers(min_value=1, max_value=5),
+)
+def test_merging_held_back_values_is_adding_them(
+    before: list[tuple[float, float]], held: list[float], weight: float, settle_first: bool, parts: int
+) -> None:
+    """A slice's sketch (values add() held back, never read) merged into a window: the same
+    buckets and the same encoding as merging it stored; the merged sketch is not changed."""
+    slices = []
+    for _ in range(parts):
+        part = Sketch()
+        for value in held:
+            part.add(value, weight)
+        slices.append(part)
+    fast, slow, many = build(before, 1), build(before, 1), build(before, 1)
+    if settle_first:
+        fast._settle()  # a window read at the previous flush: stored, nothing held back
+    for part in slices:
+        fast.merge(part)
+    many.merge_many(slices)
+    for part in slices:
+        stored = part.copy()  # copy() stores the held-back values: the merge's other path
+        stored._settle()
+        assert stored._pending is None
+        slow.merge(stored)
+    assert fast == slow == many
+    assert fast.to_bytes() == slow.to_bytes() == many.to_bytes()
+    assert fast.quantiles(QS) == slow.quantiles(QS)
+    alone = Sketch()
+    for value in held:
+        alone.add(value, weight)
+    assert all(part == alone for part in slices)
