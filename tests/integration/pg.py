@@ -18,8 +18,9 @@ import pytest
 from collectord.sinks.postgres.schema import setup_codecs
 
 SERVER = os.environ.get("COLLECTORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-# Sessions sharing the server tell their databases apart by this prefix.
-DB_PREFIX = os.environ.get("COLLECTORD_TEST_DB_PREFIX", "collectord_test_")
+# Sessions sharing the server tell their databases apart by this prefix (not COLLECTORD_*:
+# the daemons the tests start refuse unknown COLLECTORD_ variables).
+DB_PREFIX = os.environ.get("PGTEST_DB_PREFIX", "collectord_test_")
 
 
 def _admin(sql: str) -> None:
