@@ -341,7 +341,7 @@ class Sketch:
         rounding.
         """
         if self._takes_pending(other):
-            self.add_list(other._pending, other._unit)  # type: ignore[arg-type]  # checked
+            self._take_pending(other)
             return
         self._settle()
         other._settle()
@@ -389,7 +389,22 @@ class Sketch:
             and not other._zero
             and self._dtype is not _F64
             and other._dtype is not _F64
+            # The same unit (or none yet): counts stay integers. Across units the values
+            # would be added one by one in float counts, rounding unlike a merge.
+            and (self._unit == other._unit or (self._pending is None and self.is_empty()))
         )
+
+    def _take_pending(self, other: Sketch) -> None:
+        """Merge a `_takes_pending` sketch: its held-back values become this one's."""
+        values = other._pending
+        assert values is not None
+        if self._pending is None:
+            self._unit = other._unit  # the same, or taken by an empty sketch (as add() does)
+            self._pending = list(values)
+            if len(values) >= PENDING_MAX:
+                self._settle()
+        else:
+            self.add_list(values, other._unit)  # the same unit: extends the list
 
     def merge_many(self, others: Sequence[Sketch]) -> None:
         """Merge several sketches at once: the same buckets as merging them one by one (up to
@@ -402,7 +417,7 @@ class Sketch:
         rest = []
         for other in others:
             if self._takes_pending(other):
-                self.add_list(other._pending, other._unit)  # type: ignore[arg-type]  # checked
+                self._take_pending(other)
             else:
                 rest.append(other)
         others = rest

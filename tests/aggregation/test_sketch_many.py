@@ -130,3 +130,18 @@ def test_merging_held_back_values_is_adding_them(
     for value in held:
         alone.add(value, weight)
     assert all(part == alone for part in slices)
+
+
+def test_held_back_values_at_another_unit_merge_as_stored() -> None:
+    """Integer counts at unit 1 meeting a slice at 1/0.3: the merge switches to float counts,
+    whose sums depend on order; the held-back values must then merge as a stored sketch would
+    (adding them one by one gave 3.33 + 3.33 where a merge adds 2 x 3.33)."""
+    window = build([(5.0, 1.0), (-3.0, 1.0)], 1)
+    part = build([(5.0, 1 / 0.3), (5.0, 1 / 0.3)], 1)
+    stored = part.copy()
+    stored._settle()
+    expected = window.copy()
+    expected.merge(stored)
+    window.merge(part)
+    assert window == expected
+    assert window.to_bytes() == expected.to_bytes()
