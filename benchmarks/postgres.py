@@ -134,12 +134,13 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
                 gc.collect()
                 gc.freeze()
                 clock.advance(10)
+                # Before the probe starts: its first gap must be the advance's (dropped below).
+                pg_cpu = await backend_cpu(dsn)
                 gaps: list[float] = []
                 stop = asyncio.Event()
                 probe = asyncio.create_task(loop_probe(gaps, stop))
                 await asyncio.sleep(0.002)
                 gaps.clear()
-                pg_cpu = await backend_cpu(dsn)
                 began, cpu = time.perf_counter(), time.process_time()
                 pipeline.advance()
                 advanced = time.perf_counter() - began
