@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from collectord.aggregation.sketch import Sketch
+from collectord.aggregation.sketch import Sketch, quantiles_many
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 
@@ -173,3 +173,22 @@ class Cell:
         if self.members is not None:
             size += 216 + sum(49 + len(m) for m in self.members)
         return size
+
+
+def prepare_percentiles(cells: Sequence[Cell]) -> None:
+    """Compute and cache `percentiles()` for many cells at once (the same values: the sketches'
+    ranks are searched together, see `quantiles_many`); a writer encoding thousands of
+    distribution windows calls this before reading them one by one."""
+    todo = [
+        cell
+        for cell in cells
+        if cell.sketch is not None
+        and cell.count > 0
+        and (cell._percentiles is None or cell._percentiles[0] != cell.count)
+    ]
+    if not todo:
+        return
+    estimates = quantiles_many([cell.sketch for cell in todo], PERCENTILES)  # type: ignore[misc]
+    for cell, found in zip(todo, estimates, strict=True):
+        low, high = cell.min, cell.max
+        cell._percentiles = (cell.count, [None if e is None else min(max(e, low), high) for e in found])

@@ -18,6 +18,9 @@ import pytest
 from collectord.sinks.postgres.schema import setup_codecs
 
 SERVER = os.environ.get("COLLECTORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+# Sessions sharing the server tell their databases apart by this prefix (not COLLECTORD_*:
+# the daemons the tests start refuse unknown COLLECTORD_ variables).
+DB_PREFIX = os.environ.get("PGTEST_DB_PREFIX", "collectord_test_")
 
 
 def _admin(sql: str) -> None:
@@ -46,7 +49,7 @@ def fresh_database() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             raise AssertionError("PostgreSQL is not running on 127.0.0.1:5432 (scripts/services starts it)")
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    name = f"collectord_test_{secrets.token_hex(6)}"
+    name = f"{DB_PREFIX}{secrets.token_hex(6)}"
     _admin(f"CREATE DATABASE {name}")
     try:
         yield f"{SERVER}/{name}"

@@ -123,11 +123,20 @@ class AggregateRows:
         return prefix
 
     @staticmethod
-    def row(prefix: bytes, level: int, start: int, seconds: int, cell: Cell, final: bool = True) -> bytes:
+    def row(
+        prefix: bytes,
+        level: int,
+        start: int,
+        seconds: int,
+        cell: Cell,
+        final: bool = True,
+        sketch_bytes: bytes | None = None,
+    ) -> bytes:
         """One window's row: `prefix` from `prefix()`. The p50..p99 columns (for readers of the
         table; queries merge the sketch) are NULL when not `final`. The sink always writes them:
         leaving an open window's for its final write (a quarter of its encoding cost) left them
-        NULL for good where no sample came between the last flush and the close."""
+        NULL for good where no sample came between the last flush and the close.
+        `sketch_bytes`: the cell's sketch already encoded (`encode_many`), else encoded here."""
         f8 = copy.float8
         members = cell.members
         if members is not None:
@@ -182,7 +191,7 @@ class AggregateRows:
                 percentiles = f8(p50) + f8(p90) + f8(p95) + f8(p99)
             else:
                 percentiles = _NO_PERCENTILES
-            encoded_sketch = copy.raw_bytes(sketch.to_bytes())
+            encoded_sketch = copy.raw_bytes(sketch.to_bytes() if sketch_bytes is None else sketch_bytes)
         else:
             percentiles = _NO_PERCENTILES
             encoded_sketch = copy.NULL

@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 
+from collectord.aggregation.cells import Cell, prepare_percentiles
 from collectord.aggregation.query import merge_cells
 from collectord.aggregation.series import Series
+from collectord.aggregation.sketch import encode_many
 from collectord.audit import AuditEvent
 from collectord.model import MetricType, Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
@@ -67,6 +69,10 @@ COARSE_PER_PASS = 50_000
 # Aggregate rows per COPY + upsert (the next batch is encoded while one is upserted): small
 # enough that the last batch's upsert, which nothing overlaps, is short.
 ROWS_PER_BATCH = 10_000
+# Distribution rows held back and encoded together (their percentiles computed at once, see
+# `prepare_percentiles`): enough to amortise the numpy calls, few enough that one group is
+# encoded in a few milliseconds.
+SKETCH_ROWS_PER_GROUP = 200
 # Connections that upsert one pass's batches side by side (PostgreSQL runs a process per
 # connection: the upsert, most of a flush's time, spreads over cores). Taken from the pool,
 # leaving two for queries and maintenance.
@@ -641,6 +647,9 @@ class AggregatePlan:
         # Seconds spent per phase: encoding rows (event loop), COPY and upsert (summed over the
         # connections), the slowest commit.
         self.phases = {"encode": 0.0, "copy": 0.0, "upsert": 0.0, "commit": 0.0}
+        # Rows with a sketch, counted in `rows` but not yet in the batch: (prefix, level, start,
+        # seconds, cell). A batch's rows may be in any order (every key once per pass).
+        self.held: list[tuple[bytes, int, int, int, Cell]] = []
 
     def _source(self, key: DirtyKey) -> tuple[Series | None, MetricType | None]:
         """The series (None for a name-level key) and its type; type None when gone."""
@@ -678,8 +687,27 @@ class AggregatePlan:
             if cell is not None and not cell.is_empty:
                 # Percentiles always: a window written open and never touched again before
                 # its close gets no final write, so it must not wait for one.
-                out += row(prefix, level, start, seconds, cell)
+                if cell.sketch is not None and cell.members is None:
+                    self.held.append((prefix, level, start, seconds, cell))
+                else:
+                    out += row(prefix, level, start, seconds, cell)
                 self.rows += 1
+
+    def _encode_held(self, out: bytearray) -> None:
+        """Encode the held distribution rows into `out`, their percentiles and sketches
+        computed together.
+        A held cell is read as it stands now (the loop may have run since it was taken): the
+        same as a cell read after a yield, and a change meanwhile has marked it dirty again."""
+        held = self.held
+        if not held:
+            return
+        cells = [entry[4] for entry in held]
+        prepare_percentiles(cells)
+        encoded = encode_many([cell.sketch for cell in cells])  # type: ignore[misc]  # held: sketch set
+        row = AggregateRows.row
+        for (prefix, level, start, seconds, cell), sketch_bytes in zip(held, encoded, strict=True):
+            out += row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes)
+        held.clear()
 
     async def batches(self) -> AsyncIterator[bytes]:
         """Complete binary COPY payloads of about ROWS_PER_BATCH rows each."""
@@ -723,7 +751,10 @@ class AggregatePlan:
 
         phases = self.phases
         for _ in work():
+            if len(self.held) >= SKETCH_ROWS_PER_GROUP:
+                self._encode_held(out)
             if self.rows - batch_start >= ROWS_PER_BATCH:
+                self._encode_held(out)
                 out += copy.TRAILER
                 phases["encode"] += time.perf_counter() - slicer.began
                 yield bytes(out)
@@ -734,6 +765,7 @@ class AggregatePlan:
                 sink._slice_took(slicer)
                 phases["encode"] += time.perf_counter() - slicer.began
                 await slicer.pause()
+        self._encode_held(out)
         phases["encode"] += time.perf_counter() - slicer.began
         if self.rows > batch_start:
             out += copy.TRAILER

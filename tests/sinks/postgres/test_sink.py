@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from collectord.aggregation.cells import Cell
+from collectord.aggregation.query import merge_cells
 from collectord.aggregation.sketch import Sketch
 from collectord.clock import ManualClock
 from collectord.config import load_config
@@ -318,3 +320,62 @@ def test_checkpointed_state_keeps_keys_in_flight_and_flushes_not_yet_absorbed(tm
         ("acme", "other", None): DAY_START - 60,
     }
     assert restored.coarse[2] == {}
+
+
+def test_distribution_rows_encoded_in_groups_hold_each_window_exactly(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Histogram rows are encoded in groups (percentiles and sketches computed together): every
+    stored row holds exactly the sketch bytes and p50..p99 its window gives one by one, across
+    group boundaries, for common sketches and the others (negative values, sample rates, wide
+    counts), and windows read again after more samples are rewritten with the new values."""
+    monkeypatch.setattr(sink_module, "SKETCH_ROWS_PER_GROUP", 7)
+    clock = ManualClock(DAY_START)
+    pipeline, sink = new_pipeline(tmp_path, pg_dsn, clock)
+    rng = random.Random(5)
+
+    def feed() -> None:
+        samples: list[Sample] = []
+        for i in range(60):
+            key = (f"lat{i % 3}", (("id", str(i)),))
+            if i % 10 == 0:
+                samples += [(key, KIND_HISTOGRAM, -rng.uniform(1, 50), 1.0, None) for _ in range(3)]
+            rate = 0.25 if i % 10 == 1 else 1.0
+            repeat = 300 if i % 10 == 2 else rng.randint(1, 8)  # counts past one byte
+            samples += [(key, KIND_HISTOGRAM, rng.uniform(0.5, 500), 1 / rate, None) for _ in range(repeat)]
+            samples.append(((f"hits{i % 2}", (("id", str(i)),)), KIND_COUNTER, 1.0, 1.0, None))
+        record(pipeline, samples)
+
+    def expected() -> dict[tuple[str, str], tuple[bytes, list[float | None]]]:
+        aggregator = pipeline.aggregator
+        out = {}
+        for (name, tags), series in aggregator.table.by_tenant["acme"].items():
+            if not name.startswith("lat"):
+                continue
+            merged = merge_cells(aggregator.read(series, 1, int(DAY_START)))
+            assert merged is not None and merged.sketch is not None
+            fresh = Cell()  # no cached percentiles: computed one by one
+            fresh.sketch, fresh.count, fresh.min, fresh.max = merged.sketch.copy(), merged.count, merged.min, merged.max
+            out[(name, tags[0][1])] = (fresh.sketch.to_bytes(), fresh.percentiles())
+        return out
+
+    async def flush_and_close() -> None:
+        await flush(sink)
+        await sink.close()
+
+    sql = (
+        "SELECT metric_name, tags, sketch, p50, p90, p95, p99 FROM metrics_aggregated "
+        "WHERE scope = 0 AND granularity = '1m' AND metric_name LIKE 'lat%'"
+    )
+    for _ in range(2):  # the second flush rewrites the same open minute with more samples
+        feed()
+        clock.advance(10)
+        pipeline.advance()
+        asyncio.run(flush_and_close())
+        want = expected()
+        rows = query(pg_dsn, sql)
+        assert len(rows) == len(want) == 60
+        for row in rows:
+            sketch_bytes, percentiles = want[(row["metric_name"], row["tags"]["id"])]
+            assert bytes(row["sketch"]) == sketch_bytes
+            assert [row["p50"], row["p90"], row["p95"], row["p99"]] == percentiles
