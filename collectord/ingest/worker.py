@@ -48,6 +48,8 @@ from collectord.protocols.statsd_columns import StatsdColumns, parse_columns
 READ_BURST = 256
 # Bytes of datagrams held unparsed before they are parsed (and the frame perhaps shipped) early.
 HOLD_BYTES = 1 << 20
+# After parse_columns declined an interval, this many intervals are parsed plainly before the next try.
+COLUMN_BACKOFF = 8
 TCP_READ = 256 * 1024
 SWEEP_EVERY = 1.0
 
@@ -100,6 +102,8 @@ class Worker:
         # Datagrams read but not parsed yet: parsed together when the frame ships.
         self.held: list[bytes] = []
         self.held_bytes = 0
+        # Intervals left to parse plainly after parse_columns declined one (COLUMN_BACKOFF).
+        self.column_skips = 0
         self.frame_at = 0.0
         self.frame_slice = -1
         self.inbox = bytearray()
@@ -204,7 +208,15 @@ class Worker:
             return
         self.held = []
         self.held_bytes = 0
-        columns = self._as_columns(held) if not self.pending else None
+        columns = None
+        if self.column_skips > 0:
+            self.column_skips -= 1
+        elif not self.pending:
+            columns = self._as_columns(held)
+            if columns is None:
+                # Mixed traffic (a counter deep in a datagram of timers costs a whole numpy
+                # pass before the decline): try again only some intervals later.
+                self.column_skips = COLUMN_BACKOFF
         if columns is None:
             if self.columns:
                 self._columns_to_pending()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator
 from collectord.ingest.frame import HEADER, MSG_FRAME, MSG_STATS, KeyTable, WireStats
-from collectord.ingest.worker import Worker, WorkerSettings
+from collectord.ingest.worker import COLUMN_BACKOFF, Worker, WorkerSettings
 from collectord.limits import Limits
 from collectord.model import Sample
 from collectord.protocols.statsd import StatsdParser
@@ -154,3 +154,26 @@ def followed_raw(w: Worker, sender: socket.socket, owner: socket.socket) -> None
     # lat.3 went raw, one sample each, in order (streams get every sample).
     assert [s[2] for s in frame.raw] == [float(i * 13 % 900) for i in range(25) if i % 7 == 3] * 8
     assert frame.samples == 200
+
+
+def test_after_a_declined_interval_the_worker_parses_plainly_for_a_while() -> None:
+    timers = [b"\n".join(b"lat.%d:%d|ms" % (i % 7, i) for i in range(25))] * 4
+    with worker() as (w, sender, owner):
+        sock = next(h[2] for h in w.handlers.values() if h[0] == "udp")
+
+        def interval(datagrams: list[bytes]) -> bool:
+            """One interval; whether it went through the column parser."""
+            before = w.counters["statsd_udp"].packets
+            for datagram in datagrams:
+                sender.send(datagram)
+            while w.counters["statsd_udp"].packets < before + len(datagrams):
+                w._read_datagrams(sock, "statsd_udp")
+            w._parse_held()
+            used = bool(w.columns)
+            w.ship()
+            messages(owner)
+            return used
+
+        assert interval(timers)
+        assert not interval([*timers, timers[0] + b"\nhits:1|c"])
+        assert [interval(timers) for _ in range(COLUMN_BACKOFF + 1)] == [False] * COLUMN_BACKOFF + [True]
