@@ -27,11 +27,14 @@ import re
 import struct
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from collectord.model import (
     KIND_COUNTER,
@@ -43,6 +46,9 @@ from collectord.model import (
     Sample,
     SeriesKey,
 )
+
+if TYPE_CHECKING:
+    from collectord.protocols.statsd_columns import StatsdColumns
 
 HEADER = struct.Struct("<IB")
 # worker -> owner
@@ -263,13 +269,16 @@ class FrameBuilder:
         self._by_id[id(key)] = (key, sid)
         return sid
 
-    def build(self, tenant: str, received_at: float, samples: list[Sample], followed: frozenset[str]) -> bytes:
-        """One frame for `samples` (parsed in order, all received in one slice)."""
+    def _new_epoch_if_full(self) -> None:
         if len(self._sids) >= self.max_keys:
             self.epoch += 1
             self._sids.clear()
             self._by_id.clear()
             self._new = []
+
+    def build(self, tenant: str, received_at: float, samples: list[Sample], followed: frozenset[str]) -> bytes:
+        """One frame for `samples` (parsed in order, all received in one slice)."""
+        self._new_epoch_if_full()
         n = len(samples)
         times: Counter[int] | None = None
         ids = list(map(id, samples))
@@ -363,7 +372,9 @@ class FrameBuilder:
             raw = self._ordered_raw(samples, raw_gauges, {sid for sid, _ in mixed}, followed)
             for sid in raw_gauges:
                 gauges.pop(sid, None)
-            for slot in mixed:
+            # Raw carries every distribution sample of such a series, whatever its rate.
+            mixed_sids = {sid for sid, _ in mixed}
+            for slot in [slot for slot in slots if slot[0] in mixed_sids]:
                 del slots[slot]
         counter_ints, counter_floats = array("q"), array("d")
         for sid, a in counters.items():
@@ -393,6 +404,68 @@ class FrameBuilder:
             dist_values.tobytes(),
             [(sid, held[0][0], held[2]) for sid, held in sets.items()],
             raw,
+        )
+        self._new = []
+        return _frame_encoder.encode(wire)
+
+    def build_columns(
+        self, tenant: str, received_at: float, chunks: Sequence[StatsdColumns], followed: frozenset[str]
+    ) -> bytes | None:
+        """The frame build() makes of the chunks' samples (`parse_columns` results, in arrival
+        order: every sample a distribution, none timestamped), without a tuple per sample:
+        values are grouped per series and rate by a stable sort, moments by numpy where that
+        is exact (integer values, sums below 2**53: any grouping gives the same float) and by
+        `_moments` otherwise. None when build() must do it: a followed metric (streams get
+        raw samples), or one series and rate sent as two kinds (raw keeps their order)."""
+        self._new_epoch_if_full()
+        sid_of = self._sid
+        slot_of: dict[tuple[int, float], int] = {}
+        sids: list[int] = []
+        kinds: list[int] = []
+        weights: list[float] = []
+        line_slots: list[npt.NDArray[np.intp]] = []
+        for chunk in chunks:
+            group_slots = []
+            for key, kind, weight in zip(chunk.keys, chunk.kinds, chunk.weights, strict=True):
+                if followed and key[0] in followed:
+                    return None
+                sid = sid_of(key)
+                slot = slot_of.get((sid, weight))
+                if slot is None:
+                    slot = slot_of[(sid, weight)] = len(sids)
+                    sids.append(sid)
+                    kinds.append(kind)
+                    weights.append(weight)
+                elif kinds[slot] != kind:
+                    return None
+                group_slots.append(slot)
+            line_slots.append(np.asarray(group_slots, dtype=np.intp)[chunk.groups])
+        if not sids:
+            return None
+        slots = np.concatenate(line_slots)
+        values = np.concatenate([chunk.values for chunk in chunks])
+        # Entries in order of first appearance (slots are numbered so), or of last appearance
+        # when a series has two rates: the entry holding its last sample must go last.
+        entry_order = np.arange(len(sids))
+        if len(set(sids)) < len(sids):
+            last_seen = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+            entry_order = np.argsort(last_seen, kind="stable")
+        rank = np.empty(len(sids), dtype=np.intp)
+        rank[entry_order] = np.arange(len(sids))
+        grouped = values[np.argsort(rank[slots], kind="stable")]
+        counts = np.bincount(rank[slots], minlength=len(sids))
+        starts = np.cumsum(counts) - counts
+        entry_weights = np.asarray(weights)[entry_order]
+        moments = _column_moments(grouped, counts, starts, entry_weights)
+        dist_ints = np.column_stack((np.asarray(sids)[entry_order], np.asarray(kinds)[entry_order], counts))
+        wire = WireFrame(
+            self.epoch,
+            received_at,
+            tenant,
+            self._new,
+            dist_ints=dist_ints.astype(np.int64).tobytes(),
+            dist_floats=np.column_stack((entry_weights, *moments)).tobytes(),
+            dist_values=grouped.tobytes(),
         )
         self._new = []
         return _frame_encoder.encode(wire)
@@ -435,6 +508,38 @@ def _moments(values: list[float], weight: float) -> tuple[float, float, float, f
         total += v
         squares += v * v
     return len(values) * weight, total * weight, squares * weight, min(values), max(values)
+
+
+# Integer values whose sums (and sums of squares) stay below this add up exactly in any order.
+_EXACT_SUM = float(1 << 53)
+
+
+def _column_moments(
+    grouped: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.intp],
+    starts: npt.NDArray[np.intp],
+    weights: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], ...]:
+    """_moments of every entry (its values `grouped[start:start + count]`) as columns: count,
+    sum, sum of squares (weighted), min, max, each float the one `_moments` gives."""
+    biggest = float(np.abs(grouped).max())
+    zeros = grouped == 0.0
+    exact = (
+        biggest * biggest * len(grouped) < _EXACT_SUM
+        and bool((np.floor(grouped) == grouped).all())
+        # min() keeps the first of 0.0 and -0.0; numpy may not: -0.0 takes the loop.
+        and not (zeros.any() and np.signbit(grouped[zeros]).any())
+    )
+    if exact:
+        # + 0.0: the loop's sum starts at 0.0, so it is never -0.0.
+        total = np.add.reduceat(grouped, starts) + 0.0
+        squares = np.add.reduceat(grouped * grouped, starts)
+        lo = np.minimum.reduceat(grouped, starts)
+        hi = np.maximum.reduceat(grouped, starts)
+        return counts * weights, total * weights, squares * weights, lo, hi
+    parts = np.split(grouped, starts[1:])
+    rows = [_moments(part.tolist(), weight) for part, weight in zip(parts, weights.tolist(), strict=True)]
+    return tuple(np.array(column, dtype=np.float64) for column in zip(*rows, strict=True))
 
 
 # ---------------------------------------------------------------------------- the log's view

@@ -8,6 +8,7 @@ import random
 from array import array
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,8 @@ from collectord.ingest.frame import (
     KeyTable,
     ReplayTables,
     WireFrame,
+    _column_moments,
+    _moments,
     frame_record,
     keys_record,
 )
@@ -33,6 +36,8 @@ from collectord.model import (
     Sample,
     SeriesKey,
 )
+from collectord.protocols.statsd import StatsdParser
+from collectord.protocols.statsd_columns import StatsdColumns, parse_columns
 from collectord.ring import Batch
 from tests.aggregation.test_apply_many import snapshot as full_snapshot
 
@@ -237,3 +242,104 @@ def test_mutated_frames_raise_only_bad_frame(frames: list[list[Sample]], seed: i
         except BadFrame:
             continue
         agg.apply_frame(frame)
+
+
+# ---------------------------------------------------------------------------- frames from columns
+
+# One type per name (a name sent as two kinds sends the frame to build(): tested below); values
+# mostly integers, some with fractions, signs or -0 (their moments take build()'s own loop).
+COLUMN_LINES = st.builds(
+    "t.{0[0]}:{1}|{0[1]}{2}".format,
+    st.sampled_from([("lat", "ms"), ("db", "h"), ("q", "d"), ("api.x", "ms")]),
+    st.one_of(st.integers(0, 999).map(str), st.sampled_from(["12.5", "-3", "-0", "0", "0.001", "7.25"])),
+    st.sampled_from(["", "", "|@0.5", "|@0.25", "|#a:b", "|#env:prod,a:c", "|@0.5|#a:b"]),
+)
+
+
+@st.composite
+def column_intervals(draw: st.DrawFn) -> list[list[bytes]]:
+    """Payloads of distribution lines, a few ship intervals of them (enough lines for
+    parse_columns, which declines short ones)."""
+    return [
+        [
+            "\n".join(draw(st.lists(COLUMN_LINES, min_size=20, max_size=30))).encode()
+            for _ in range(draw(st.integers(4, 6)))
+        ]
+        for _ in range(draw(st.integers(1, 3)))
+    ]
+
+
+COLUMN_FRAMES = 0
+
+
+def _columns_or_samples(parser: StatsdParser, payloads: list[bytes]) -> tuple[StatsdColumns | None, list[Sample]]:
+    samples: list[Sample] = []
+    for payload in payloads:
+        StatsdParser(Limits()).parse(payload, samples)
+    return parse_columns(parser, payloads), samples
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(column_intervals(), st.booleans())
+def test_frames_built_from_columns_leave_the_state_samples_leave(intervals_: list[list[bytes]], split: bool) -> None:
+    """build_columns gives the state build() gives for the same samples (bit for bit: moments
+    of non-integer values take build()'s own loop), and with integer values the state of
+    apply() one sample at a time; a decoded frame holds every sample."""
+    parser = StatsdParser(Limits())
+    columnar, plain, table, plain_table = FrameBuilder(), FrameBuilder(), KeyTable(), KeyTable()
+    by_columns, by_samples = fresh(), fresh()
+    every: list[list[Sample]] = []
+    global COLUMN_FRAMES
+    for i, payloads in enumerate(intervals_):
+        # split: two parse_columns calls in one interval (held bytes parsed early)
+        half = len(payloads) // 2
+        halves = [payloads[:half], payloads[half:]] if split else [payloads]
+        chunks = [_columns_or_samples(parser, half) for half in halves]
+        samples = [sample for _, part in chunks for sample in part]
+        every.append(samples)
+        body = None
+        if all(columns is not None for columns, _ in chunks):
+            body = columnar.build_columns("default", T0 + 1.0 + i, [c for c, _ in chunks if c is not None], frozenset())
+        if body is None:
+            body = columnar.build("default", T0 + 1.0 + i, samples, frozenset())
+        else:
+            COLUMN_FRAMES += 1
+        frame = table.decode(body)
+        assert frame.samples == len(samples)
+        by_columns.apply_frame(frame)
+        by_samples.apply_frame(plain_table.decode(plain.build("default", T0 + 1.0 + i, samples, frozenset())))
+    assert snapshot(by_columns) == snapshot(by_samples)
+    if all(float(s[2]).is_integer() for samples in every for s in samples):
+        assert snapshot(by_columns) == snapshot(one_by_one(every))
+
+
+def test_build_columns_declines_followed_metrics_and_a_series_sent_as_two_kinds() -> None:
+    parser = StatsdParser(Limits())
+    timers = [b"\n".join(b"t.lat:%d|ms" % i for i in range(30))] * 3
+    columns = parse_columns(parser, timers)
+    assert columns is not None
+    assert FrameBuilder().build_columns("default", T0, [columns], frozenset({"t.lat"})) is None
+    assert FrameBuilder().build_columns("default", T0, [columns], frozenset({"other"})) is not None
+    summaries = parse_columns(parser, [b"\n".join(b"t.lat:%d|d" % i for i in range(30))] * 3)
+    assert summaries is not None
+    assert FrameBuilder().build_columns("default", T0, [columns, summaries], frozenset()) is None
+
+
+def test_column_moments_keep_minus_zero_and_fractions_as_the_loop_has_them() -> None:
+    """-0.0 and non-integer values take _moments itself; integers take numpy, same floats."""
+    for values, counts in (
+        ([-0.0, 0.0, 3.0], [2, 1]),
+        ([0.1, 0.2, 0.3, 1e-300, 5.0], [3, 2]),
+        ([1.0, 2.0, 3.0, 4.0, 1e6], [4, 1]),
+        ([float(2**40), float(2**40)], [1, 1]),
+    ):
+        grouped = np.array(values)
+        n = np.array(counts)
+        starts = np.cumsum(n) - n
+        weights = np.array([1.0, 4.0])
+        got = [column.tolist() for column in _column_moments(grouped, n, starts, weights)]
+        parts = [values[: counts[0]], values[counts[0] :]]
+        expected = [
+            list(row) for row in zip(*(_moments(p, w) for p, w in zip(parts, [1.0, 4.0], strict=True)), strict=True)
+        ]
+        assert [[v.hex() for v in column] for column in got] == [[v.hex() for v in column] for column in expected]
