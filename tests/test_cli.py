@@ -37,9 +37,7 @@ def test_version() -> None:
     assert result.stdout.strip() == f"collectord {__version__}"
 
 
-@pytest.mark.parametrize(
-    "args", [(), ("bogus",), ("config",), ("config", "check"), ("run", "--nope"), ("config", "x")]
-)
+@pytest.mark.parametrize("args", [(), ("bogus",), ("config",), ("config", "check"), ("run", "--nope"), ("config", "x")])
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     result = collectord(*args)
     assert result.returncode == 2
@@ -99,9 +97,7 @@ def test_check_accepts_the_shipped_config() -> None:
         ),
     ],
 )
-def test_check_reports_the_key_and_exits_2(
-    tmp_path: Path, text: str, env: dict[str, str], message: str
-) -> None:
+def test_check_reports_the_key_and_exits_2(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
     result = collectord("config", "check", str(path), env=env)
@@ -114,9 +110,7 @@ def test_check_reports_the_key_and_exits_2(
 def test_check_applies_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "public.toml"
     path.write_text('[listen]\nhttp = "0.0.0.0:8127"\n', encoding="utf-8")
-    result = collectord(
-        "config", "check", str(path), env={"COLLECTORD_AUTH_TOKENS": "s3cret:acme:admin"}
-    )
+    result = collectord("config", "check", str(path), env={"COLLECTORD_AUTH_TOKENS": "s3cret:acme:admin"})
     assert (result.returncode, result.stdout) == (0, "ok\n")
 
 

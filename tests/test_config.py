@@ -121,9 +121,7 @@ GOOD: list[tuple[str, Callable[[Config], Any], Any]] = [
 
 
 @pytest.mark.parametrize(("text", "get", "expected"), GOOD)
-def test_good_config(
-    tmp_path: Path, text: str, get: Callable[[Config], Any], expected: Any
-) -> None:
+def test_good_config(tmp_path: Path, text: str, get: Callable[[Config], Any], expected: Any) -> None:
     assert get(load_text(tmp_path, text)) == expected
 
 

@@ -42,9 +42,7 @@ datasets = st.one_of(
 )
 qs = st.one_of(st.sampled_from(QUANTILES), st.floats(min_value=0.0, max_value=1.0))
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def bracket(ordered: Sequence[float], cum: Sequence[float] | None, q: float) -> tuple[float, float]:
@@ -65,9 +63,7 @@ def bracket(ordered: Sequence[float], cum: Sequence[float] | None, q: float) -> 
     return ordered[lo], ordered[hi]
 
 
-def assert_accurate(
-    sketch: Sketch, values: Sequence[float], q: float, weights: Sequence[float] | None = None
-) -> None:
+def assert_accurate(sketch: Sketch, values: Sequence[float], q: float, weights: Sequence[float] | None = None) -> None:
     """The estimate is within 1% (or the zero threshold) of the bracketing order statistics."""
     estimate = sketch.quantile(q)
     assert estimate is not None
@@ -157,9 +153,7 @@ def test_mixed_sign_samples_within_one_percent(seed: int, size: int, zeros: floa
         ("pareto", lambda rng, n: (rng.pareto(1.5, n) + 1.0) * 0.01),
         (
             "bimodal",
-            lambda rng, n: np.where(
-                rng.random(n) < 0.7, rng.normal(0.02, 0.004, n), rng.normal(0.4, 0.08, n)
-            ),
+            lambda rng, n: np.where(rng.random(n) < 0.7, rng.normal(0.02, 0.004, n), rng.normal(0.4, 0.08, n)),
         ),
     ],
 )
@@ -184,9 +178,7 @@ def test_million_samples_within_one_percent_of_numpy(
 
 @SETTINGS
 @given(data=st.data(), values=datasets, parts=st.integers(1, 6))
-def test_merge_of_partitions_equals_one_sketch(
-    data: st.DataObject, values: list[float], parts: int
-) -> None:
+def test_merge_of_partitions_equals_one_sketch(data: st.DataObject, values: list[float], parts: int) -> None:
     labels = data.draw(st.lists(st.integers(0, parts - 1), min_size=len(values), max_size=len(values)))
     pieces = [Sketch() for _ in range(parts)]
     for value, label in zip(values, labels, strict=True):
@@ -302,9 +294,7 @@ def test_integer_weight_equals_repeated_adds(values: list[float], weight: int) -
     ),
     q=qs,
 )
-def test_weighted_quantiles_rank_by_cumulative_weight(
-    pairs: list[tuple[float, float]], q: float
-) -> None:
+def test_weighted_quantiles_rank_by_cumulative_weight(pairs: list[tuple[float, float]], q: float) -> None:
     values = [v for v, _ in pairs]
     weights = [w for _, w in pairs]
     sketch = Sketch()
@@ -591,9 +581,7 @@ def test_random_bytes_only_raise_decode_error(data: bytes) -> None:
     base=st.sampled_from(VALID),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
 )
-def test_mutated_encodings_only_raise_decode_error(
-    base: bytes, edits: list[tuple[int, int]]
-) -> None:
+def test_mutated_encodings_only_raise_decode_error(base: bytes, edits: list[tuple[int, int]]) -> None:
     data = bytearray(base)
     for position, byte in edits:
         data[position % len(data)] = byte
@@ -711,9 +699,7 @@ def test_bucket_cap_bounds_memory_for_hostile_ranges() -> None:
     signs=st.lists(st.booleans(), min_size=300, max_size=300),
     split=st.integers(0, 300),
 )
-def test_collapsing_is_order_independent_and_mergeable(
-    exponents: list[float], signs: list[bool], split: int
-) -> None:
+def test_collapsing_is_order_independent_and_mergeable(exponents: list[float], signs: list[bool], split: int) -> None:
     values = [(10.0**e) * (-1.0 if s else 1.0) for e, s in zip(exponents, signs, strict=False)]
     forward = sketch_of(values)
     backward = sketch_of(values[::-1])

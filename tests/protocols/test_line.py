@@ -361,11 +361,30 @@ def counted_lines(packet: bytes) -> int:
     return sum(1 for line in stripped if line and not line.startswith(b"#"))
 
 
-INTERESTING = [b" ", b",", b"=", b"\\", b'"', b"\n", b"\r", b"#", b"\x00", b"m", b"f", b"t",
-               b"1", b"1i", b"1u", b"-", b".", b"e", b"true", b"\xff", b"123456789"]
-fragments = st.lists(st.sampled_from(INTERESTING) | st.binary(max_size=6), max_size=40).map(
-    b"".join
-)
+INTERESTING = [
+    b" ",
+    b",",
+    b"=",
+    b"\\",
+    b'"',
+    b"\n",
+    b"\r",
+    b"#",
+    b"\x00",
+    b"m",
+    b"f",
+    b"t",
+    b"1",
+    b"1i",
+    b"1u",
+    b"-",
+    b".",
+    b"e",
+    b"true",
+    b"\xff",
+    b"123456789",
+]
+fragments = st.lists(st.sampled_from(INTERESTING) | st.binary(max_size=6), max_size=40).map(b"".join)
 
 
 @settings(max_examples=400)
@@ -444,9 +463,7 @@ def escape(text: str, specials: str) -> str:
 
 name_text = st.from_regex(r"[a-zA-Z][a-zA-Z0-9._-]{0,20}", fullmatch=True)
 tag_text = st.text(
-    alphabet=st.characters(
-        whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="_-./ ,=żółć日本"
-    ),
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="_-./ ,=żółć日本"),
     min_size=1,
     max_size=12,
 )

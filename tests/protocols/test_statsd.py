@@ -469,11 +469,33 @@ def non_blank_lines(packet: bytes) -> int:
     return sum(1 for line in packet.split(b"\n") if line.strip())
 
 
-INTERESTING = [b":", b"|", b"#", b"@", b",", b";", b"=", b"\n", b"\r", b"\x00", b"c", b"ms",
-               b"g", b"s", b"1", b"-", b"+", b".", b"T", b"_e{", b"_sc|", b"\xff", b" ", b"x"]
-fragments = st.lists(st.sampled_from(INTERESTING) | st.binary(max_size=8), max_size=40).map(
-    b"".join
-)
+INTERESTING = [
+    b":",
+    b"|",
+    b"#",
+    b"@",
+    b",",
+    b";",
+    b"=",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"c",
+    b"ms",
+    b"g",
+    b"s",
+    b"1",
+    b"-",
+    b"+",
+    b".",
+    b"T",
+    b"_e{",
+    b"_sc|",
+    b"\xff",
+    b" ",
+    b"x",
+]
+fragments = st.lists(st.sampled_from(INTERESTING) | st.binary(max_size=8), max_size=40).map(b"".join)
 
 
 @settings(max_examples=400)
@@ -497,9 +519,7 @@ def test_any_bytes_never_raise_and_keep_the_counts(packet: bytes) -> None:
 # Generated valid lines: (line text, the samples it must give).
 name_text = st.from_regex(r"[a-zA-Z][a-zA-Z0-9._-]{0,30}", fullmatch=True)
 tag_text = st.text(
-    alphabet=st.characters(
-        whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="_-./żółć日本"
-    ),
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="_-./żółć日本"),
     min_size=1,
     max_size=12,
 )
@@ -568,9 +588,7 @@ def test_valid_lines_parse_to_what_made_them(case: tuple[str, list[Sample]]) -> 
 
 @settings(max_examples=200)
 @given(st.lists(valid_lines(), min_size=1, max_size=10), st.data())
-def test_warm_caches_give_what_a_fresh_parser_gives(
-    cases: list[tuple[str, list[Sample]]], data: st.DataObject
-) -> None:
+def test_warm_caches_give_what_a_fresh_parser_gives(cases: list[tuple[str, list[Sample]]], data: st.DataObject) -> None:
     warm = StatsdParser(LIMITS)
     for text, _ in cases:
         warm.parse(text.encode(), [])
