@@ -36,6 +36,7 @@ import math
 import struct
 import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
 from math import ceil as _ceil
 from math import log as _log
@@ -138,6 +139,69 @@ def _unpack(packed: bytes) -> list[float]:
     values = array("d")
     values.frombytes(packed)
     return values.tolist()
+
+
+# A compact sketch's buckets: (sign, key, count), in value order, with the zero bucket.
+_Buckets = list[tuple[int, int, int]]
+
+
+def _compact_quantiles(buckets: _Buckets, unit: float, qs: Sequence[float]) -> list[float | None]:
+    """Sketch.quantiles of a compact sketch's buckets, without numpy: the same float steps
+    (running sums of the counts, scaled by the unit; ranks, snapping, interpolation) over the
+    nonzero buckets, which is where the numpy form's search always lands."""
+    kept = [bucket for bucket in buckets if bucket[2]]
+    if not kept:
+        return [None] * len(qs)
+    cum: list[float] = []
+    running = 0.0
+    for _, _, count in kept:
+        running += float(count)
+        cum.append(running)
+    cum = [total * unit for total in cum]
+    top = cum[-1]
+    max_rank = top - 1.0
+    snap = 1e-12 * top
+    last = len(kept) - 1
+
+    def value_of(idx: int) -> float:
+        sign, key, _ = kept[min(idx, last)]
+        if sign < 0:
+            return -_value_of_key(-key)
+        return _value_of_key(key) if sign else 0.0
+
+    result: list[float | None] = []
+    for q in qs:
+        rank = max(q * max_rank, 0.0)
+        nearest = round(rank)
+        if abs(rank - nearest) <= snap:
+            rank = float(nearest)
+        below = math.floor(rank)
+        frac = rank - below
+        lo = min(bisect_right(cum, below), last)
+        hi = min(bisect_right(cum, math.ceil(rank)), last)
+        v_lo = value_of(lo)
+        result.append(v_lo if lo == hi else (1.0 - frac) * v_lo + frac * value_of(hi))
+    return result
+
+
+def _compact_encoding(buckets: _Buckets, unit: float) -> bytes:
+    """Sketch.to_bytes of a compact sketch's buckets: integer counts below 256, one byte each."""
+    flags = _FLAG_UNIT if unit != 1.0 else 0
+    out = bytearray((FORMAT_VERSION, flags))
+    if unit != 1.0:
+        out += _F64_LE.pack(unit)
+    _put_varint(out, next(count for sign, _, count in buckets if sign == 0))
+    for wanted in (-1, 1):
+        counts = {key: count for sign, key, count in buckets if sign == wanted}
+        if not counts:
+            _put_varint(out, 0)
+            continue
+        first, end = min(counts), max(counts) + 1
+        _put_varint(out, end - first)
+        _put_varint(out, (first << 1) ^ (first >> 63))
+        out.append(1)
+        out += bytes(counts.get(key, 0) for key in range(first, end))
+    return bytes(out)
 
 
 def _rung_for(max_count: int) -> np.dtype[Any]:
@@ -283,6 +347,35 @@ class Sketch:
         if isinstance(pending, bytes):
             return _unpack(pending) if len(pending) <= 8 * COMPACT_MAX else None
         return pending if len(pending) <= COMPACT_MAX else None
+
+    def _compact_buckets(self) -> _Buckets | None:
+        """A compact sketch's buckets in value order, (sign, key, count) with sign -1, 0 (the
+        zero bucket) or 1, computed as add() computes them; None when not compact, or when the
+        numpy form must answer (float counts, or a key range near the bucket cap)."""
+        if self._pending is None or self._dtype is _F64:
+            return None
+        values = self._compact()
+        if values is None:
+            return None
+        pos: dict[int, int] = {}
+        neg: dict[int, int] = {}
+        zero = 0
+        for value in values:
+            if ZERO_THRESHOLD <= value < _INF:
+                key = _ceil(_log(value) * _INV_LOG_GAMMA)
+                pos[key] = pos.get(key, 0) + 1
+            elif -_INF < value <= -ZERO_THRESHOLD:
+                key = -_ceil(_log(-value) * _INV_LOG_GAMMA)
+                neg[key] = neg.get(key, 0) + 1
+            elif -ZERO_THRESHOLD < value < ZERO_THRESHOLD:
+                zero += 1
+        for store in (pos, neg):
+            if store and max(store) - min(store) >= MAX_BUCKETS // 2:
+                return None  # collapsing is the numpy form's business
+        buckets: _Buckets = [(-1, key, neg[key]) for key in sorted(neg)]
+        buckets.append((0, 0, zero))
+        buckets += [(1, key, pos[key]) for key in sorted(pos)]
+        return buckets
 
     def _view(self) -> Sketch:
         """This sketch with every value in its stores, for reading: itself, settled, or while it
@@ -518,10 +611,13 @@ class Sketch:
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
         """quantile(q) for each q in `qs`, in one pass over the buckets."""
-        self = self._view()
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+        buckets = self._compact_buckets()
+        if buckets is not None:
+            return _compact_quantiles(buckets, self._unit, qs)
+        self = self._view()
         if self.is_empty():
             return [None] * len(qs)
         neg, pos = self._neg, self._pos
@@ -635,6 +731,9 @@ class Sketch:
         # Counts are packed at one width per store (the narrowest holding its largest count),
         # not as varints: a numpy varint body took ~50 us each way, this takes ~1 us, and with
         # counts below 256 it is no larger.
+        buckets = self._compact_buckets()
+        if buckets is not None:
+            return _compact_encoding(buckets, self._unit)
         self = self._view()
         is_float = self._dtype is _F64
         if not is_float and self._zero > _U64_MAX:
