@@ -5,6 +5,8 @@
 .venv/bin/python benchmarks/aggregate.py series [--series 100000 1000000] [--types counter gauge ...]
                                                    # bytes per active series by type, and the series cap
 .venv/bin/python benchmarks/aggregate.py daemon-rss  # the daemon's RSS with 1,000,000 series over UDP
+.venv/bin/python benchmarks/aggregate.py live [--series 100000] [--types ...]
+                                                   # live aggregation state per series (tracemalloc)
 .venv/bin/python benchmarks/aggregate.py accuracy    # 1,000,000 skewed samples, every granularity and merge
 .venv/bin/python benchmarks/aggregate.py query       # latency over real HTTP against the running daemon
 .venv/bin/python benchmarks/aggregate.py all
@@ -153,6 +155,45 @@ def series_one(count: int, kind_name: str, samples_each: int = 3) -> None:
         f"series {kind_name:<9} {count:>9,}: {open_slice:6,.0f} B/series open slice, {rolled:6,.0f} B/series"
         f" rolled into its 1m cell; process RSS {_rss() / 2**20:,.0f} MiB;"
         f" {count * samples_each / took:,.0f} samples/s",
+        flush=True,
+    )
+
+
+def live_state(count: int, kind_name: str) -> None:
+    """Live aggregation state per series (tracemalloc: deterministic, no allocator leftovers),
+    shaped like benchmarks/memory.py: one sample per series in one minute, one in the next,
+    both minutes rolled up, then the 5-minute window closed and rolled up too."""
+    import tracemalloc
+
+    kind = KINDS[kind_name]
+    hosts = [(("host", f"h{i}"),) for i in range(100)]
+    keys = [(f"mem.{kind_name}.{i // 100}", hosts[i % 100]) for i in range(count)]
+    t0 = T0 - T0 % 300
+    agg = Aggregator(Limits(max_series=max(count, 1_000_000)), AggregationSettings(), t0)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+
+    def per_series() -> str:
+        gc.collect()
+        return f"{(tracemalloc.get_traced_memory()[0] - base) / count:,.0f}"
+
+    for pass_, at in ((1, t0 + 1), (2, t0 + 61)):
+        for start in range(0, count, 10_000):
+            chunk = keys[start : start + 10_000]
+            values: list[float | str] = [
+                member(start + i + pass_) if kind == KIND_SET else float((start + i) % 997 + pass_)
+                for i in range(len(chunk))
+            ]
+            samples: list[Sample] = [(k, kind, v, 1.0, None) for k, v in zip(chunk, values, strict=True)]
+            agg.apply(Batch("default", samples, at))
+    agg.advance(t0 + 130)
+    two_minutes = per_series()
+    agg.advance(t0 + 310)
+    agg.settle_rolls()
+    print(
+        f"live {kind_name:<9} {count:>9,}: {two_minutes} B/series with both minutes rolled,"
+        f" {per_series()} B/series once the 5-minute window closed too",
         flush=True,
     )
 
@@ -371,7 +412,7 @@ max_tag_values_per_key = 1000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "what", choices=["cost", "memory", "series", "series-one", "daemon-rss", "accuracy", "query", "all"]
+        "what", choices=["cost", "memory", "series", "series-one", "live", "daemon-rss", "accuracy", "query", "all"]
     )
     parser.add_argument("--series", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--types", nargs="*", default=list(KINDS), choices=list(KINDS))
@@ -384,6 +425,9 @@ def main() -> None:
         series_memory(args.series, args.types)
     if args.what == "series-one":
         series_one(args.series[0], args.types[0])
+    if args.what == "live":
+        for kind_name in args.types:
+            live_state(args.series[0], kind_name)
     if args.what in ("daemon-rss", "all"):
         daemon_rss(max(args.series))
     if args.what in ("accuracy", "all"):

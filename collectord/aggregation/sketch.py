@@ -36,6 +36,7 @@ import math
 import struct
 import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
 from math import ceil as _ceil
 from math import log as _log
@@ -87,6 +88,12 @@ _KEY_MAX: Final = math.ceil(_LOG_FLOAT_MAX * _INV_LOG_GAMMA) + 1
 _SLACK: Final = 32
 # add() holds back at most this many values before putting them in the stores.
 PENDING_MAX: Final = 512
+# A sketch holding only this many held-back values (nothing in its stores) stays compact: reads
+# answer from a settled temporary copy, and a merge into an empty sketch copies the values
+# packed as bytes (8 each) instead of numpy stores (~170 bytes for the smallest). Most timer
+# series hold a handful of samples per window. Below _SMALL_BATCH, so settling the values (one
+# add() each, by math.log) gives the same buckets however they were split or joined.
+COMPACT_MAX: Final = 16
 # Below this many values add_many loops over add: numpy's fixed cost per call is higher.
 _SMALL_BATCH: Final = 32
 # Largest integer increment per add; bigger weight ratios use float counts.
@@ -123,6 +130,80 @@ _EMPTY.flags.writeable = False
 
 class SketchDecodeError(ValueError):
     """Raised by Sketch.from_bytes for any malformed, truncated or hostile encoding."""
+
+
+def _pack(values: list[float]) -> bytes:
+    """Held-back values as a compact sketch keeps them: float64 bytes, 8 per value."""
+    return array("d", values).tobytes()
+
+
+def _unpack(packed: bytes) -> list[float]:
+    values = array("d")
+    values.frombytes(packed)
+    return values.tolist()
+
+
+# A compact sketch's buckets: (sign, key, count), in value order, with the zero bucket.
+_Buckets = list[tuple[int, int, int]]
+
+
+def _compact_quantiles(buckets: _Buckets, unit: float, qs: Sequence[float]) -> list[float | None]:
+    """Sketch.quantiles of a compact sketch's buckets, without numpy: the same float steps
+    (running sums of the counts, scaled by the unit; ranks, snapping, interpolation) over the
+    nonzero buckets, which is where the numpy form's search always lands."""
+    kept = [bucket for bucket in buckets if bucket[2]]
+    if not kept:
+        return [None] * len(qs)
+    cum: list[float] = []
+    running = 0.0
+    for _, _, count in kept:
+        running += float(count)
+        cum.append(running)
+    cum = [total * unit for total in cum]
+    top = cum[-1]
+    max_rank = top - 1.0
+    snap = 1e-12 * top
+    last = len(kept) - 1
+
+    def value_of(idx: int) -> float:
+        sign, key, _ = kept[min(idx, last)]
+        if sign < 0:
+            return -_value_of_key(-key)
+        return _value_of_key(key) if sign else 0.0
+
+    result: list[float | None] = []
+    for q in qs:
+        rank = max(q * max_rank, 0.0)
+        nearest = round(rank)
+        if abs(rank - nearest) <= snap:
+            rank = float(nearest)
+        below = math.floor(rank)
+        frac = rank - below
+        lo = min(bisect_right(cum, below), last)
+        hi = min(bisect_right(cum, math.ceil(rank)), last)
+        v_lo = value_of(lo)
+        result.append(v_lo if lo == hi else (1.0 - frac) * v_lo + frac * value_of(hi))
+    return result
+
+
+def _compact_encoding(buckets: _Buckets, unit: float) -> bytes:
+    """Sketch.to_bytes of a compact sketch's buckets: integer counts below 256, one byte each."""
+    flags = _FLAG_UNIT if unit != 1.0 else 0
+    out = bytearray((FORMAT_VERSION, flags))
+    if unit != 1.0:
+        out += _F64_LE.pack(unit)
+    _put_varint(out, next(count for sign, _, count in buckets if sign == 0))
+    for wanted in (-1, 1):
+        counts = {key: count for sign, key, count in buckets if sign == wanted}
+        if not counts:
+            _put_varint(out, 0)
+            continue
+        first, end = min(counts), max(counts) + 1
+        _put_varint(out, end - first)
+        _put_varint(out, (first << 1) ^ (first >> 63))
+        out.append(1)
+        out += bytes(counts.get(key, 0) for key in range(first, end))
+    return bytes(out)
 
 
 def _rung_for(max_count: int) -> np.dtype[Any]:
@@ -192,9 +273,10 @@ class Sketch:
     _unit: float
     # Dtype of both stores: an unsigned rung, or float64 ("float mode").
     _dtype: np.dtype[Any]
-    # Values add() took at the unit weight, not yet in the stores (None: none). Every reader
-    # settles them first, by add_many.
-    _pending: list[float] | None
+    # Values add() took at the unit weight, not yet in the stores (None: none): a list while
+    # values arrive, or packed float64 bytes in a compact copy (see COMPACT_MAX). Every reader
+    # settles them first, by add_many, or (compact) reads a settled temporary copy.
+    _pending: list[float] | bytes | None
 
     def __init__(self) -> None:
         self._pending = None
@@ -225,7 +307,12 @@ class Sketch:
         if pending is None:
             self._pending = [value]
         else:
-            pending.append(value)
+            try:
+                pending.append(value)  # type: ignore[union-attr]  # bytes raise: handled below
+            except AttributeError:
+                # A compact copy (a rolled-up window) taking a late sample: a list again.
+                assert isinstance(pending, bytes)
+                self._pending = pending = [*_unpack(pending), value]
             if len(pending) >= PENDING_MAX:
                 self._settle()
 
@@ -233,7 +320,11 @@ class Sketch:
         """add() for each of `values` in turn, as one list extend at the unit weight (a worker's
         frame hands the owner a series' values of one interval at once)."""
         pending = self._pending
+        if pending.__class__ is bytes:
+            assert isinstance(pending, bytes)
+            self._pending = pending = _unpack(pending)
         if pending is not None and weight == self._unit:
+            assert isinstance(pending, list)
             pending.extend(values)
             if len(pending) >= PENDING_MAX:
                 self._settle()
@@ -247,7 +338,62 @@ class Sketch:
         pending = self._pending
         if pending is not None:
             self._pending = None
-            self.add_many(pending, self._unit)
+            self.add_many(_unpack(pending) if isinstance(pending, bytes) else pending, self._unit)
+
+    def _compact(self) -> list[float] | None:
+        """The held-back values while this sketch is compact (at most COMPACT_MAX of them,
+        nothing in the stores), else None."""
+        pending = self._pending
+        if pending is None or len(self._pos) or len(self._neg) or self._zero:
+            return None
+        if isinstance(pending, bytes):
+            return _unpack(pending) if len(pending) <= 8 * COMPACT_MAX else None
+        return pending if len(pending) <= COMPACT_MAX else None
+
+    def _compact_buckets(self) -> _Buckets | None:
+        """A compact sketch's buckets in value order, (sign, key, count) with sign -1, 0 (the
+        zero bucket) or 1, computed as add() computes them; None when not compact, or when the
+        numpy form must answer (float counts, or a key range near the bucket cap)."""
+        if self._pending is None or self._dtype is _F64:
+            return None
+        values = self._compact()
+        if values is None:
+            return None
+        pos: dict[int, int] = {}
+        neg: dict[int, int] = {}
+        zero = 0
+        for value in values:
+            if ZERO_THRESHOLD <= value < _INF:
+                key = _ceil(_log(value) * _INV_LOG_GAMMA)
+                pos[key] = pos.get(key, 0) + 1
+            elif -_INF < value <= -ZERO_THRESHOLD:
+                key = -_ceil(_log(-value) * _INV_LOG_GAMMA)
+                neg[key] = neg.get(key, 0) + 1
+            elif -ZERO_THRESHOLD < value < ZERO_THRESHOLD:
+                zero += 1
+        for store in (pos, neg):
+            if store and max(store) - min(store) >= MAX_BUCKETS // 2:
+                return None  # collapsing is the numpy form's business
+        buckets: _Buckets = [(-1, key, neg[key]) for key in sorted(neg)]
+        buckets.append((0, 0, zero))
+        buckets += [(1, key, pos[key]) for key in sorted(pos)]
+        return buckets
+
+    def _view(self) -> Sketch:
+        """This sketch with every value in its stores, for reading: itself, settled, or while it
+        is compact a settled temporary copy (reading does not give it numpy stores)."""
+        if self._pending is None:
+            return self
+        values = self._compact()
+        if values is None:
+            self._settle()
+            return self
+        view = Sketch.__new__(Sketch)
+        view._pending = None
+        view._pos, view._pos_lo, view._neg, view._neg_lo = self._pos, self._pos_lo, self._neg, self._neg_lo
+        view._zero, view._unit, view._dtype = self._zero, self._unit, self._dtype
+        view.add_many(values, self._unit)
+        return view
 
     def _add(self, value: float, weight: float) -> None:
         """add() at once: one value into the stores."""
@@ -340,11 +486,13 @@ class Sketch:
         one sketch fed both inputs. Float counts (unrelated fractional weights) add with float
         rounding.
         """
+        if other._pending is not None and other._merge_compact(self):
+            return
         if self._takes_pending(other):
             self._take_pending(other)
             return
         self._settle()
-        other._settle()
+        other = other._view()
         if other.is_empty():
             return
         if self.is_empty():
@@ -396,15 +544,43 @@ class Sketch:
 
     def _take_pending(self, other: Sketch) -> None:
         """Merge a `_takes_pending` sketch: its held-back values become this one's."""
-        values = other._pending
-        assert values is not None
+        pending = other._pending
+        assert pending is not None
+        values = _unpack(pending) if isinstance(pending, bytes) else pending
         if self._pending is None:
+            if self._unit != other._unit and not any(-_INF < value < _INF for value in values):
+                return  # nothing valid: merging an empty sketch leaves this one's unit alone
             self._unit = other._unit  # the same, or taken by an empty sketch (as add() does)
             self._pending = list(values)
             if len(values) >= PENDING_MAX:
                 self._settle()
         else:
             self.add_list(values, other._unit)  # the same unit: extends the list
+
+    def _merge_compact(self, into: Sketch) -> bool:
+        """merge() of this compact sketch into `into` when the result can stay compact (or
+        is unchanged): True if done. The same buckets as merging the settled sketches: each
+        value is settled by one add() either way (fewer than _SMALL_BATCH), into integer
+        counts (or float counts of whole units) that cannot overflow."""
+        values = self._compact()
+        if values is None:
+            return False
+        if not any(-_INF < value < _INF for value in values):
+            return True  # empty: merge() changes nothing
+        if into.is_empty():
+            # A fresh window's first part: a compact copy, as _assign would take.
+            into._pending = _pack(values)
+            into._pos = into._neg = _EMPTY
+            into._pos_lo = into._neg_lo = 0
+            into._zero, into._unit, into._dtype = self._zero, self._unit, self._dtype
+            return True
+        mine = into._compact()
+        if mine is None or into._unit != self._unit or into._dtype is not self._dtype:
+            return False
+        if len(mine) + len(values) > COMPACT_MAX:
+            return False
+        into._pending = _pack([*mine, *values])
+        return True
 
     def merge_many(self, others: Sequence[Sketch]) -> None:
         """Merge several sketches at once: the same buckets as merging them one by one (up to
@@ -422,10 +598,9 @@ class Sketch:
                 rest.append(other)
         others = rest
         self._settle()
-        for other in others:
-            other._settle()
+        # Compact parts are read through settled copies: a query must not grow them.
         groups: dict[float, list[Sketch]] = {}
-        for other in others:
+        for other in [other._view() for other in others]:
             if other.is_empty():
                 continue
             if other._dtype is _F64:
@@ -459,16 +634,23 @@ class Sketch:
     @property
     def count(self) -> float:
         """Total weight added."""
-        self._settle()
+        self = self._view()
         if self._huge():
             # Python float sums saturate at inf where numpy's would warn.
             return float(sum(self._neg.tolist()) + float(self._zero) + sum(self._pos.tolist()))
+        if self._dtype is _F64:
+            # Float counts: an exactly rounded sum, so the answer does not depend on how the
+            # buckets are laid out (numpy's pairwise sum rounds by array length and offset).
+            return math.fsum([*self._neg.tolist(), float(self._zero), *self._pos.tolist()]) * self._unit
         total = float(self._pos.sum(dtype=_F64)) + float(self._neg.sum(dtype=_F64))
         return (total + float(self._zero)) * self._unit
 
     def is_empty(self) -> bool:
         """True when nothing (with a valid value and weight) was added."""
         if self._pending is not None:
+            values = self._compact()
+            if values is not None:
+                return not any(-_INF < value < _INF for value in values)
             self._settle()
         return len(self._pos) == 0 and len(self._neg) == 0 and not self._zero
 
@@ -478,10 +660,13 @@ class Sketch:
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
         """quantile(q) for each q in `qs`, in one pass over the buckets."""
-        self._settle()
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+        buckets = self._compact_buckets()
+        if buckets is not None:
+            return _compact_quantiles(buckets, self._unit, qs)
+        self = self._view()
         if self.is_empty():
             return [None] * len(qs)
         neg, pos = self._neg, self._pos
@@ -537,13 +722,14 @@ class Sketch:
 
     def copy(self) -> Sketch:
         """An independent sketch with the same buckets."""
-        self._settle()
         clone = Sketch.__new__(Sketch)
         clone._assign(self)
         return clone
 
     def nbytes(self) -> int:
-        """Bytes held by this sketch: the object plus its bucket arrays."""
+        """Bytes held by this sketch: the object plus its bucket arrays (or compact values)."""
+        if self._compact() is not None:
+            return sys.getsizeof(self) + sys.getsizeof(self._pending)
         self._settle()
         size = sys.getsizeof(self)
         for counts in (self._pos, self._neg):
@@ -554,8 +740,8 @@ class Sketch:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sketch):
             return NotImplemented
-        self._settle()
-        other._settle()
+        self = self._view()
+        other = other._view()
         if float(self._zero) * self._unit != float(other._zero) * other._unit:
             return False
         for mine, theirs in (
@@ -576,7 +762,7 @@ class Sketch:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        self._settle()
+        self = self._view()
         buckets = int(np.count_nonzero(self._pos)) + int(np.count_nonzero(self._neg))
         return f"Sketch(count={self.count!r}, buckets={buckets + (1 if self._zero else 0)})"
 
@@ -594,7 +780,10 @@ class Sketch:
         # Counts are packed at one width per store (the narrowest holding its largest count),
         # not as varints: a numpy varint body took ~50 us each way, this takes ~1 us, and with
         # counts below 256 it is no larger.
-        self._settle()
+        buckets = self._compact_buckets()
+        if buckets is not None:
+            return _compact_encoding(buckets, self._unit)
+        self = self._view()
         is_float = self._dtype is _F64
         if not is_float and self._zero > _U64_MAX:
             # Only absurd weights get here; an encoded integer count holds 64 bits.
@@ -735,8 +924,12 @@ class Sketch:
 
     def _assign(self, other: Sketch) -> None:
         """Become a copy of `other`."""
-        other._settle()
-        self._pending = None
+        values = other._compact()
+        if values is not None:
+            self._pending = _pack(values)
+        else:
+            other._settle()
+            self._pending = None
         self._pos = other._pos.copy() if len(other._pos) else _EMPTY
         self._pos_lo = other._pos_lo
         self._neg = other._neg.copy() if len(other._neg) else _EMPTY
@@ -1005,6 +1198,9 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
     picked: list[int] = []
     stores: list[Counts] = []
     for i, sketch in enumerate(sketches):
+        if sketch._compact() is not None:
+            out[i] = sketch.quantiles(qs)  # a few values: pure Python, and it stays compact
+            continue
         sketch._settle()
         dtype = sketch._dtype
         if (
@@ -1087,6 +1283,9 @@ def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
     picked: list[int] = []
     stores: list[Counts] = []
     for i, sketch in enumerate(sketches):
+        if sketch._compact() is not None:
+            out[i] = sketch.to_bytes()  # a few values: pure Python, and it stays compact
+            continue
         sketch._settle()
         if (
             sketch._dtype is not _UINT_RUNGS[0]
@@ -1242,7 +1441,7 @@ def pack_snapshots(sketches: Sequence[Sketch]) -> tuple[bytes, bytes, bytes]:
     floats = array("d")
     blob = bytearray()
     for sketch in sketches:
-        sketch._settle()
+        sketch = sketch._view()  # a checkpoint must not grow compact sketches
         neg, pos = sketch._neg.tobytes(), sketch._pos.tobytes()
         ints.extend((_SNAPSHOT_CODE[sketch._dtype], sketch._neg_lo, len(neg), sketch._pos_lo, len(pos)))
         floats.extend((sketch._unit, float(sketch._zero)))

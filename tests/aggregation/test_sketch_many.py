@@ -157,3 +157,19 @@ def test_held_back_values_at_another_unit_merge_as_stored() -> None:
     window.merge(part)
     assert window == expected
     assert window.to_bytes() == expected.to_bytes()
+
+
+def test_many_leave_compact_sketches_compact() -> None:
+    """A flush reads every open window's sketch: the grouped paths must answer a compact
+    sketch (a few values, no stores) without giving it numpy stores, or each flush would undo
+    the memory the compact form saves."""
+    window = Sketch()
+    window.merge(build([(3.0, 1.0), (7.0, 1.0)], 1))  # a rolled-up slice: a packed copy
+    group = [window, build([(float(v), 1.0) for v in range(1, 61)], 1)]
+    expected_q = [s.quantiles(QS) for s in group]
+    expected_b = [s.to_bytes() for s in group]
+    assert window._compact() is not None
+    assert quantiles_many(group, QS) == expected_q
+    assert encode_many(group) == expected_b
+    assert window._compact() is not None
+    assert not len(window._pos)
