@@ -501,6 +501,10 @@ DAEMONS: dict[str, Callable[[], Daemon]] = {
     "collectord": lambda: Collectord(),
     # ingest.workers = 2: worker processes parse and pre-aggregate (the multi-core ingest)
     "collectord-w2": lambda: Collectord("collectord-w2", "[ingest]\nworkers = 2\n"),
+    # ... shipping every 100 ms: fewer, fuller entries per series for the owner to apply
+    "collectord-w2-100ms": lambda: Collectord(
+        "collectord-w2-100ms", "[ingest]\nworkers = 2\nworker_ship_interval = 0.1\n"
+    ),
     # ... and the workers take the TCP connections too
     "collectord-w2-tcp": lambda: Collectord("collectord-w2-tcp", "[ingest]\nworkers = 2\nworker_tcp = true\n"),
     "collectord-all": CollectordAllSinks,
