@@ -202,7 +202,10 @@ def _compact_encoding(buckets: _Buckets, unit: float) -> bytes:
         _put_varint(out, end - first)
         _put_varint(out, (first << 1) ^ (first >> 63))
         out.append(1)
-        out += bytes(counts.get(key, 0) for key in range(first, end))
+        body = bytearray(end - first)  # the keys between are empty buckets
+        for key, count in counts.items():
+            body[key - first] = count
+        out += body
     return bytes(out)
 
 
