@@ -201,6 +201,18 @@ def _fold(held: _Deferred) -> None:
     cell.sketch.add_many(values, weight)
 
 
+def _series_of(by_identity: dict[int, Series], table: dict[SeriesKey, Series], key: SeriesKey) -> Series | None:
+    """The series of `key`, found by the key object's identity where the index knows it (an
+    entry counts only if the series' key is that object or equal to it: the id may be another
+    object's by now), else by the key; a found series is indexed under this key object."""
+    series = by_identity.get(id(key))
+    if series is None or (series.key is not key and series.key != key):
+        series = table.get(key)
+        if series is not None:
+            by_identity[id(key)] = series
+    return series
+
+
 class Aggregator:
     """Owns every series and window; single-threaded, driven by the daemon's loop."""
 
@@ -258,10 +270,7 @@ class Aggregator:
             slice_start = -2  # that slice is already closed: every sample takes the slow path
         table = self.table.tenant_table(batch.tenant)
         tenant = batch.tenant
-        by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
-            # Entries of key objects a parser has let go (its caches started over) pile up.
-            by_identity = self._by_identity[tenant] = {}
+        by_identity = self._identity_index(tenant, table)
         applied = 0
         deferred = self._deferred
         for sample in batch.samples:
@@ -490,10 +499,7 @@ class Aggregator:
         firsts = order[starts]
         tenant = batch.tenant
         table = self.table.tenant_table(tenant)
-        by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
-            # Entries of key objects a parser has let go (its caches started over) pile up.
-            by_identity = self._by_identity[tenant] = {}
+        by_identity = self._identity_index(tenant, table)
         applied = 0
         groups = np.argsort(firsts, kind="stable").tolist()
         group_keys = [keys[positions[bounds[group]]] for group in groups]
@@ -506,11 +512,7 @@ class Aggregator:
             self.now = received
         for group, key in zip(groups, group_keys, strict=True):
             start, end = bounds[group], bounds[group + 1]
-            series: Series | None = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = table.get(key)
-                if series is not None:
-                    by_identity[id(key)] = series
+            series = _series_of(by_identity, table, key)
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # A new series, a new slice or a type mismatch: the general way, sample by
                 # sample, until the series' open slice is this batch's (or the group ends).
@@ -570,18 +572,12 @@ class Aggregator:
             parts = columns.parts[columns.order]
             last_at = np.array(received)[parts[np.array(columns.group_ends) - 1]].tolist()
         table = self.table.tenant_table(tenant)
-        by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
-            by_identity = self._by_identity[tenant] = {}
+        by_identity = self._identity_index(tenant, table)
         applied = 0
         for key, kind, weight, start, end, seen in zip(
             keys, columns.kinds, columns.weights, columns.group_starts, columns.group_ends, last_at, strict=True
         ):
-            series: Series | None = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = table.get(key)
-                if series is not None:
-                    by_identity[id(key)] = series
+            series = _series_of(by_identity, table, key)
             while series is None or series.slice_start != slice_start or series.kind != kind:
                 # As in apply_deferred: the general way until the series' open slice is this one.
                 at = received[0] if columns.parts is None else received[parts[start]]
@@ -622,20 +618,14 @@ class Aggregator:
             slice_start = -2  # that slice is already closed: every entry takes the slow path
         tenant = frame.tenant
         table = self.table.tenant_table(tenant)
-        by_identity = self._by_identity.get(tenant)
-        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
-            by_identity = self._by_identity[tenant] = {}
+        by_identity = self._identity_index(tenant, table)
         keys = frame.keys
         applied = 0
 
         def find(sid: int) -> tuple[SeriesKey, Series | None, Cell | None]:
             """An entry's key, its series, and the series' open slice if it is the frame's."""
             key = keys[sid]
-            series = by_identity.get(id(key))
-            if series is None or (series.key is not key and series.key != key):
-                series = table.get(key)
-                if series is not None:
-                    by_identity[id(key)] = series
+            series = _series_of(by_identity, table, key)
             cell = None if series is None or series.slice_start != slice_start else series.slice_cell
             return key, series, cell
 
@@ -788,6 +778,15 @@ class Aggregator:
         for held in deferred.values():
             _fold(held)
         deferred.clear()
+
+    def _identity_index(self, tenant: str, table: dict[SeriesKey, Series]) -> dict[int, Series]:
+        """The tenant's series by key object identity, started over when it outgrows the
+        tenant's table: entries of key objects a parser has let go (its caches started over)
+        pile up otherwise."""
+        by_identity = self._by_identity.get(tenant)
+        if by_identity is None or len(by_identity) > len(table) + IDENTITY_SLACK:
+            by_identity = self._by_identity[tenant] = {}
+        return by_identity
 
     def _apply_one(self, tenant: str, table: dict[tuple[str, Tags], Series], sample: Sample, received: float) -> int:
         key, kind, value, weight, ts = sample

@@ -73,6 +73,34 @@ class Cell:
 
     def merge(self, other: Cell) -> None:
         """Fold `other` into this cell; `other` is treated as the newer one for `last`."""
+        self._fold_scalars(other)
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = Sketch()
+            self.sketch.merge(other.sketch)
+        if other.members is not None:
+            if self.members is None:
+                self.members = set()
+            self.members |= other.members
+
+    def merge_all(self, parts: Sequence[Cell]) -> None:
+        """Fold many cells in at once (in order); sketches merge in one numpy pass."""
+        sketches = []
+        for part in parts:
+            self._fold_scalars(part)
+            if part.sketch is not None:
+                sketches.append(part.sketch)
+            if part.members is not None:
+                if self.members is None:
+                    self.members = set()
+                self.members |= part.members
+        if sketches:
+            if self.sketch is None:
+                self.sketch = Sketch()
+            self.sketch.merge_many(sketches)
+
+    def _fold_scalars(self, other: Cell) -> None:
+        """count, sum, sum of squares, min, max and last of `other` into this cell."""
         # Into a fresh cell (a roll-up's first part) the other's float objects are shared, not
         # copied: 24 bytes each per retained cell. Exact: these sums start at +0.0 and only
         # ever add, so they are never -0.0, and 0.0 + x is x.
@@ -92,46 +120,6 @@ class Cell:
             self.max = other.max
         if not math.isnan(other.last):
             self.last = other.last
-        if other.sketch is not None:
-            if self.sketch is None:
-                self.sketch = Sketch()
-            self.sketch.merge(other.sketch)
-        if other.members is not None:
-            if self.members is None:
-                self.members = set()
-            self.members |= other.members
-
-    def merge_all(self, parts: Sequence[Cell]) -> None:
-        """Fold many cells in at once (in order); sketches merge in one numpy pass."""
-        sketches = []
-        for part in parts:
-            # As in merge(): share a fresh cell's first part's floats, add no zeros.
-            if self.count:
-                self.count += part.count
-            else:
-                self.count = part.count
-            if self.sum:
-                self.sum += part.sum
-            else:
-                self.sum = part.sum
-            if part.sum_squares:
-                self.sum_squares += part.sum_squares
-            if part.min < self.min:
-                self.min = part.min
-            if part.max > self.max:
-                self.max = part.max
-            if not math.isnan(part.last):
-                self.last = part.last
-            if part.sketch is not None:
-                sketches.append(part.sketch)
-            if part.members is not None:
-                if self.members is None:
-                    self.members = set()
-                self.members |= part.members
-        if sketches:
-            if self.sketch is None:
-                self.sketch = Sketch()
-            self.sketch.merge_many(sketches)
 
     @property
     def is_empty(self) -> bool:
