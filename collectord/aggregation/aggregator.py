@@ -90,7 +90,10 @@ class AggregationSettings:
 
 
 class FlushRecord(NamedTuple):
-    """One series' content for one flush interval: the StatsD flush view that sinks write."""
+    """One series' content for one flush interval: the StatsD flush view that sinks write.
+
+    `cell` may be the series' 1m cell itself (a minute's first slice becomes its minute), so it
+    reads as the slice only until the aggregator next changes: sinks read it in `on_flush`."""
 
     series: Series
     period_start: int
@@ -866,14 +869,19 @@ class Aggregator:
     def _cell(self, series: Series, level: int, start: int) -> Cell:
         cell = series.levels[level].get(start)
         if cell is None:
-            start = self._period(start)
-            cell = series.writable(level)[start] = series.new_cell()
-            if level + 1 < LEVEL_COUNT:
-                self._pending[level][series] = None
-                for job in self._jobs:
-                    # A queued roll-up of this level must roll the new cell too.
-                    if job.level == level and start < job.boundary and series not in job.done:
-                        job.order.append(series)
+            cell = self._install(series, level, start, series.new_cell())
+        return cell
+
+    def _install(self, series: Series, level: int, start: int, cell: Cell) -> Cell:
+        """Make `cell` the series' level-`level` cell of the period at `start` (it has none)."""
+        start = self._period(start)
+        series.writable(level)[start] = cell
+        if level + 1 < LEVEL_COUNT:
+            self._pending[level][series] = None
+            for job in self._jobs:
+                # A queued roll-up of this level must roll the new cell too.
+                if job.level == level and start < job.boundary and series not in job.done:
+                    job.order.append(series)
         return cell
 
     def _period(self, start: int) -> int:
@@ -952,10 +960,25 @@ class Aggregator:
                 starts = sorted(s for s in cells if old <= s < boundary)
             if starts:
                 totals = self._totals_for(series)
-                for start in starts:
+                minutes = series.levels[1]
+                for i, start in enumerate(starts):
                     cell = cells.pop(start)
                     upper_start = start - start % minute
-                    self._cell(series, 1, upper_start).merge(cell)
+                    upper = minutes.get(upper_start)
+                    if upper is not None:
+                        upper.merge(cell)
+                    elif i + 1 == len(starts) or starts[i + 1] - upper_start >= minute:
+                        # A minute's first slice becomes its minute: no second cell while the
+                        # view holds the slice (the roll's peak memory), nothing to merge. Not
+                        # when the next slice rolled here is of the same minute: it would change
+                        # this one before the view and the name's totals have read it.
+                        self._install(series, 1, upper_start, cell)
+                        minutes = series.levels[1]
+                        if cell.sketch is not None:
+                            cell.sketch.pack()
+                    else:
+                        self._cell(series, 1, upper_start).merge(cell)
+                        minutes = series.levels[1]
                     total_cell = self._cell(totals, 1, upper_start)
                     held = to_totals.get(id(total_cell))
                     if held is None:
@@ -1110,6 +1133,8 @@ class Aggregator:
 
     def _idle_gauges(self, view: list[FlushRecord]) -> list[FlushRecord]:
         """Gauges keep their value between samples; Etsy statsd re-sends them every flush."""
+        if not self.table.gauges:
+            return []
         flushed = {id(record.series) for record in view}
         start = self.rolled_until[0] - self.level_seconds[0]
         out = []

@@ -353,6 +353,21 @@ class Sketch:
             return _unpack(pending) if len(pending) <= 8 * COMPACT_MAX else None
         return pending if len(pending) <= COMPACT_MAX else None
 
+    def pack(self) -> None:
+        """Keep a compact sketch's held-back values packed (8 bytes each, not a float object
+        and a list slot each), or nothing when none is valid: as a merge into an empty sketch
+        leaves it. For a slice kept as its closed window's cell."""
+        pending = self._pending
+        if not isinstance(pending, list) or len(pending) > COMPACT_MAX:
+            return
+        values = self._compact()
+        if values is None:
+            return
+        if any(-_INF < value < _INF for value in values):
+            self._pending = _pack(values)
+        else:
+            self.__init__()  # type: ignore[misc]
+
     def _compact_buckets(self) -> _Buckets | None:
         """A compact sketch's buckets in value order, (sign, key, count) with sign -1, 0 (the
         zero bucket) or 1, computed as add() computes them; None when not compact, or when the

@@ -4,10 +4,14 @@ it has closed."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 from collectord.aggregation.aggregator import AggregationSettings, Aggregator
 from collectord.aggregation.series import MAX_REJECTED_NAMES
+from collectord.aggregation.sketch import Sketch
 from collectord.limits import Limits
-from collectord.model import KIND_COUNTER
+from collectord.model import KIND_COUNTER, KIND_HISTOGRAM
 from collectord.ring import Batch
 
 T0 = 1_800_000_000
@@ -76,3 +80,65 @@ def test_a_series_keeps_its_key_when_an_equal_key_object_arrives() -> None:
     series = agg.table.tenant_table("default")[first]
     assert series.key is first  # no second copy of the key kept alive
     assert series.total == 4.0 and agg.table.count == 1
+
+
+def test_a_minutes_first_slice_becomes_its_minute_and_packs_its_values() -> None:
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    key = ("t.first", ())
+    agg.apply(Batch("default", [(key, KIND_HISTOGRAM, 5.0, 1.0, None), (key, KIND_HISTOGRAM, 7.0, 1.0, None)], T0 + 1))
+    view = agg.advance(T0 + 11)
+    series = agg.table.tenant_table("default")[key]
+    (record,) = view
+    assert series.levels[1][T0] is record.cell  # no copy while the view holds the slice
+    assert record.cell.count == 2.0 and record.cell.sum == 12.0
+    sketch = record.cell.sketch
+    assert sketch is not None and isinstance(sketch._pending, bytes)  # 8 bytes a value
+    # The next slice of the minute merges into it, as into any minute.
+    agg.apply(Batch("default", [(key, KIND_HISTOGRAM, 9.0, 1.0, None)], T0 + 12))
+    (second,) = agg.advance(T0 + 21)
+    assert second.cell is not record.cell and second.cell.sum == 9.0
+    (minute,) = agg.read(series, 1, T0)
+    assert minute.count == 3.0 and minute.sum == 21.0
+    fed = Sketch()
+    for value in (5.0, 7.0, 9.0):
+        fed.add(value)
+    assert minute.sketch == fed
+
+
+def test_slices_of_one_minute_rolled_together_are_each_read_as_sent() -> None:
+    # A catch-up (or a replay) closes several slices of one minute in one advance: the view
+    # still holds each slice as it was, and the name's totals count each once.
+    agg = Aggregator(Limits(), AggregationSettings(), T0)
+    key = ("c.catch_up", ())
+    for second, value in ((1, 1.0), (11, 10.0), (21, 100.0)):
+        agg.apply(Batch("default", [(key, KIND_COUNTER, value, 1.0, None)], T0 + second))
+    view = agg.advance(T0 + 61)
+    assert [record.cell.sum for record in view] == [1.0, 10.0, 100.0]
+    series = agg.table.tenant_table("default")[key]
+    assert [cell.sum for cell in agg.read(series, 1, T0)] == [111.0]
+    assert [cell.sum for cell in agg.read_name_totals("default", "c.catch_up", 1, T0)] == [111.0]
+
+
+def test_the_roll_of_many_series_needs_little_memory_beyond_what_it_keeps() -> None:
+    # The flush view holds every closed slice while the roll runs; were each minute a new cell
+    # besides, the peak would be a second cell per series (about 800 bytes for a timer).
+    agg = Aggregator(Limits(max_series=100_000), AggregationSettings(emit_idle_gauges=True), T0)
+    count = 20_000
+    samples = [
+        ((f"t.{i // 100}", (("host", str(i % 100)),)), KIND_HISTOGRAM, float(i % 97), 1.0, None) for i in range(count)
+    ]
+    agg.apply(Batch("default", samples, T0 + 1))
+    del samples
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        view = agg.advance(T0 + 11)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(view) == count
+    # Measured: 334 bytes (the 1m dicts, the view's records, the packed values) against 711
+    # when each minute was a new cell.
+    assert (peak - before) / count < 450
