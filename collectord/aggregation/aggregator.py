@@ -93,7 +93,8 @@ class FlushRecord(NamedTuple):
     """One series' content for one flush interval: the StatsD flush view that sinks write.
 
     `cell` may be the series' 1m cell itself (a minute's first slice becomes its minute), so it
-    reads as the slice only until the aggregator next changes: sinks read it in `on_flush`."""
+    reads as the slice only until the aggregator next changes: a sink reads the slice's numbers
+    in `on_flush` (the PostgreSQL sink keeps the view longer, for which series changed only)."""
 
     series: Series
     period_start: int

@@ -693,6 +693,28 @@ class AggregatePlan:
                     out += row(prefix, level, start, seconds, cell)
                 self.rows += 1
 
+    def _minute(self, key: DirtyKey, start: int, out: bytearray) -> bool:
+        """`_windows(key, 1, start, start + 60, out)` for the common key: a series whose open
+        minute is its one dirty window and whose slices have all rolled into it (none came since
+        the advance), so the window is its 1m cell as it stands. False: not such a key."""
+        tenant, name, tags = key
+        if tags is None:
+            return False
+        table = self.aggregator.table.by_tenant.get(tenant)
+        series = table.get((name, tags)) if table is not None else None
+        if series is None or series.levels[0]:
+            return False
+        self.sink.series_refs[key] = series
+        cell = series.levels[1].get(start)
+        if cell is not None and not cell.is_empty:
+            prefix = self.sink.aggregate_rows.prefix(tenant, name, tags, series.type)
+            if cell.sketch is not None and cell.members is None:
+                self.held.append((prefix, 1, start, self.aggregator.level_seconds[1], cell))
+            else:
+                out += AggregateRows.row(prefix, 1, start, self.aggregator.level_seconds[1], cell)
+            self.rows += 1
+        return True
+
     def _encode_held(self, out: bytearray) -> None:
         """Encode the held distribution rows into `out`, their percentiles and sketches
         computed together.
@@ -723,9 +745,11 @@ class AggregatePlan:
         def work() -> Iterator[None]:
             """Encodes a few keys' windows per step (a step per key cost a tenth of the time)."""
             owed_levels = list(coarse.values())
-            windows = self._windows
+            windows, open_minute = self._windows, last - last % minute
             for n, (key, earliest) in enumerate(self.taken.items()):
-                windows(key, 1, int(earliest // minute) * minute, last + 1, out)
+                first = int(earliest // minute) * minute
+                if first != open_minute or not self._minute(key, first, out):
+                    windows(key, 1, first, last + 1, out)
                 for held in owed_levels:  # _lower, inlined
                     owed = held.get(key)
                     if owed is None or earliest < owed:

@@ -379,3 +379,31 @@ def test_distribution_rows_encoded_in_groups_hold_each_window_exactly(
             sketch_bytes, percentiles = want[(row["metric_name"], row["tags"]["id"])]
             assert bytes(row["sketch"]) == sketch_bytes
             assert [row["p50"], row["p90"], row["p95"], row["p99"]] == percentiles
+
+
+def test_a_minute_row_holds_the_samples_that_came_after_the_advance(tmp_path: Path, pg_dsn: str) -> None:
+    """Rows are read as the windows stand when written: a series that took a sample between the
+    advance and the write has it in its open minute's row (its new slice), the others are read
+    straight from their minute."""
+    clock = ManualClock(DAY_START)
+    pipeline, sink = new_pipeline(tmp_path, pg_dsn, clock)
+    busy, quiet = ("hits", (("id", "busy"),)), ("hits", (("id", "quiet"),))
+    record(pipeline, [(busy, KIND_COUNTER, 1.0, 1.0, None), (quiet, KIND_COUNTER, 2.0, 1.0, None)])
+    record(pipeline, [(("lat", (("id", "busy"),)), KIND_HISTOGRAM, 3.0, 1.0, None)])
+    clock.advance(10)
+    pipeline.advance()
+    record(
+        pipeline, [(busy, KIND_COUNTER, 5.0, 1.0, None), (("lat", (("id", "busy"),)), KIND_HISTOGRAM, 9.0, 1.0, None)]
+    )
+
+    async def flush_and_close() -> None:
+        await flush(sink)
+        await sink.close()
+
+    asyncio.run(flush_and_close())
+    rows = query(pg_dsn, "SELECT metric_name, tags, count, sum, max FROM metrics_aggregated WHERE scope = 0")
+    assert sorted((r["metric_name"], r["tags"]["id"], r["count"], r["sum"], r["max"]) for r in rows) == [
+        ("hits", "busy", 2.0, 6.0, 5.0),
+        ("hits", "quiet", 1.0, 2.0, 2.0),
+        ("lat", "busy", 2.0, 12.0, 9.0),
+    ]
