@@ -6,6 +6,7 @@ hash) are encoded once per series and reused for every window and every flush.""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -62,12 +63,14 @@ RAW_COLUMNS = (
     "received_at",
 )
 # period_start, period_end, count, sum: never NULL.
-_WINDOW = struct.Struct(">iqiqidid")
+# granularity, period_start, period_end: the same for every row of a window (functools cache).
+_PERIOD = struct.Struct(">iqiq")
+_WINDOW = struct.Struct(">idid")
 # metric_value, weight, timestamp, received_at.
 _RAW_NUMBERS = struct.Struct(">ididiqiq")
 _NO_PERCENTILES = copy.NULL * 4
 # period_start, period_end, count, sum, min, max, avg: a row with no sketch, all finite.
-_PLAIN = struct.Struct(">iqiqididididid")
+_PLAIN = struct.Struct(">ididididid")
 _PLAIN_TAIL = _NO_PERCENTILES
 _F8 = struct.Struct(">id")
 _NO_SKETCH_OR_MEMBERS = copy.NULL * 2
@@ -77,6 +80,12 @@ _RAW_FIELDS = copy.field_count(len(RAW_COLUMNS))
 _DELTA = copy.text("DELTA")
 # Prefix caches are dropped whole past this many entries (series come and go).
 CACHE_LIMIT = 400_000
+
+
+@functools.lru_cache(maxsize=256)
+def _window_fields(level: int, start: int, seconds: int) -> bytes:
+    """The granularity, period_start and period_end fields of a window's row."""
+    return _GRANULARITY_FIELD[level] + _PERIOD.pack(8, copy.micros(start), 8, copy.micros(start + seconds))
 
 
 def tags_json(tags: Tags) -> str:
@@ -145,8 +154,8 @@ class AggregateRows:
             return b"".join(
                 (
                     prefix,
-                    _GRANULARITY_FIELD[level],
-                    _WINDOW.pack(8, copy.micros(start), 8, copy.micros(start + seconds), 8, distinct, 8, distinct),
+                    _window_fields(level, start, seconds),
+                    _WINDOW.pack(8, distinct, 8, distinct),
                     encoded_distinct * 3,
                     _NO_PERCENTILES,
                     f8(cell.last),
@@ -163,12 +172,8 @@ class AggregateRows:
                 return b"".join(
                     (
                         prefix,
-                        _GRANULARITY_FIELD[level],
+                        _window_fields(level, start, seconds),
                         _PLAIN.pack(
-                            8,
-                            copy.micros(start),
-                            8,
-                            copy.micros(start + seconds),
                             8,
                             count,
                             8,
@@ -198,8 +203,8 @@ class AggregateRows:
         return b"".join(
             (
                 prefix,
-                _GRANULARITY_FIELD[level],
-                _WINDOW.pack(8, copy.micros(start), 8, copy.micros(start + seconds), 8, count, 8, total),
+                _window_fields(level, start, seconds),
+                _WINDOW.pack(8, count, 8, total),
                 f8(cell.min),
                 f8(cell.max),
                 f8(total / count) if count else copy.NULL,
