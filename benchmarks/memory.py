@@ -8,7 +8,9 @@ Each measurement starts a fresh daemon (default config, WAL on, ports from --por
 its RSS idle, then sends distinct series over UDP (25 lines per datagram, 100 hosts under each
 metric name, paced at --rate lines/s so nothing is lost; the daemon's own series count is
 checked), every series once per pass. RSS is read after each pass (the minute open) and once the
-minute has closed and rolled into the coarser windows. Bytes per series = (RSS - idle RSS) /
+minute has closed and rolled up; the passes start at a minute with three minutes left in its
+5-minute window, so no 5-minute window closes before that reading (--five-minute reads RSS
+again once it has: every series then also holds a 5m cell). Bytes per series = (RSS - idle RSS) /
 series. --tree NAME=PATH (repeatable) runs the daemon from other checkouts too, taking turns per
 measurement, so a before/after comparison shares one run (and its load).
 """
@@ -162,11 +164,26 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def sleep_until(when: float) -> None:
+    time.sleep(max(when - time.time(), 0.0))
+
+
+def next_quiet_minute(span: float) -> float:
+    """The start of the next minute with at least `span` seconds left in its 5-minute window:
+    passes started then are read once their minute has rolled, before any 5-minute window
+    closes (a close gives every series a 5m cell as well: another state, read apart)."""
+    start = time.time() // 60 * 60 + 60
+    while 300 - start % 300 < span:
+        start += 60
+    return start
+
+
 def series_run(tree: Path, label: str, kind: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         daemon = start(tree, Path(tmp), args.port_base, f"[limits]\nmax_series = {max(count, 1_000_000)}\n")
         try:
             idle = daemon.rss()
+            sleep_until(next_quiet_minute(180.0))
             out: dict[str, Any] = {"tree": label, "type": kind, "series": count, "idle": idle}
             for pass_ in range(1, args.passes + 1):
                 send(daemon.statsd, kind, 0, count, pass_, args.rate)
@@ -180,13 +197,22 @@ def series_run(tree: Path, label: str, kind: str, count: int, args: argparse.Nam
             out["rolled"] = daemon.rss()
             out["peak"] = daemon.peak()
             active = out["active"] or 1
+            five = ""
+            if args.five_minute:
+                sleep_until(time.time() // 300 * 300 + 301.5 + args.roll_wait)
+                out["closed5"] = daemon.rss()
+                out["peak5"] = daemon.peak()
+                five = (
+                    f"; 5m closed {mib(out['closed5'])} (peak {mib(out['peak5'])}), "
+                    f"{(out['closed5'] - idle) / active:,.0f} B/series"
+                )
             print(
                 f"{label:<8} {kind:<8} {count:>9,} series: idle {mib(idle)}, "
                 + ", ".join(f"pass {p} {mib(out[f'pass{p}'])}" for p in range(1, args.passes + 1))
                 + f", rolled {mib(out['rolled'])} (peak {mib(out['peak'])}); "
                 f"{(out[f'pass{args.passes}'] - idle) / active:,.0f} B/series open, "
                 f"{(out['rolled'] - idle) / active:,.0f} B/series rolled; "
-                f"active {out['active']:,}, lost {out['lost']:,}",
+                f"active {out['active']:,}, lost {out['lost']:,}{five}",
                 flush=True,
             )
             return out
@@ -225,6 +251,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--rate", type=float, default=40_000.0, help="lines/s sent (new series cost ~10 µs each)")
     parser.add_argument("--roll-wait", type=float, default=12.0, help="seconds after the minute before reading")
+    parser.add_argument("--five-minute", action="store_true", help="also read RSS once the 5-minute window has closed")
     parser.add_argument("--cap", type=int, default=500_000)
     parser.add_argument("--offer", type=int, default=1_000_000)
     parser.add_argument("--step", type=int, default=100_000)
