@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class Flush:
     """What one `Aggregator.advance` closed, as every sink sees it."""
 
-    # The StatsD flush view: one record per series per closed slice (plus idle gauges).
+    # The StatsD flush view: one record per series per closed slice (plus idle gauges). A
+    # record's cell may be its series' 1m cell (FlushRecord): read its numbers in on_flush.
     view: list[FlushRecord]
     # Series that took samples outside their open slice since the last flush (late, timestamped
     # samples landing in windows already rolled up), with the earliest time touched.
