@@ -55,6 +55,7 @@ __all__ = [
     "encode_many",
     "merge_encoded",
     "quantiles_many",
+    "summaries_many",
 ]
 
 RELATIVE_ACCURACY: Final = 0.0099
@@ -1184,6 +1185,253 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
     return sketch
 
 
+# ---------------------------------------------------------- compact sketches, grouped
+
+# A compact sketch's bucket as one sortable int64: its owner (index in the group) << 20, its
+# store (0 negative, 1 zero, 2 positive) << 18, its key + _KEY_BIAS. Keys of either store lie
+# within +-_KEY_MAX, so sorting orders by owner, then by value.
+_KEY_BIAS: Final = 1 << 16
+_STORE_SHIFT: Final = 18
+_OWNER_SHIFT: Final = 20
+assert _KEY_MAX < _KEY_BIAS and -_KEY_MIN < _KEY_BIAS and 2 * _KEY_BIAS <= 1 << _STORE_SHIFT
+_NEGATIVE, _ZERO, _POSITIVE = 0, 1, 2
+
+# Bucket values by key (index key - _KEY_MIN), each computed by _value_of_key when first
+# needed; 0.0 is "not yet" (no bucket's value is 0). np.zeros leaves untouched pages unmapped.
+_BUCKET_VALUES: Final = np.zeros(_KEY_MAX - _KEY_MIN + 1, dtype=_F64)
+
+
+def _bucket_values(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """_value_of_key of each of `keys` (within [_KEY_MIN, _KEY_MAX]): math.exp, once per key."""
+    at = keys - _KEY_MIN
+    values = _BUCKET_VALUES[at]
+    missing = np.flatnonzero(values == 0.0)
+    if len(missing):
+        for index in np.unique(at[missing]).tolist():
+            _BUCKET_VALUES[index] = _value_of_key(index + _KEY_MIN)
+        values = _BUCKET_VALUES[at]
+    return values
+
+
+def _groupable(sketch: Sketch) -> bool:
+    """Whether `sketch` is compact with integer counts: `_compact_buckets` answers for it, unless
+    its key range is near the cap (the group finds those and rejects them)."""
+    pending = sketch._pending
+    if pending is None or sketch._dtype is _F64 or len(sketch._pos) or len(sketch._neg) or sketch._zero:
+        return False
+    return len(pending) <= (8 * COMPACT_MAX if isinstance(pending, bytes) else COMPACT_MAX)
+
+
+def _varint_sizes(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Bytes of each value's LEB128 varint; values below 2**28 (here: at most a zigzag key)."""
+    return 1 + (values >= 1 << 7) + (values >= 1 << 14) + (values >= 1 << 21)
+
+
+def _put_varints(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], values: npt.NDArray[np.int64]) -> None:
+    """Write each of `values` as a LEB128 varint at its offset in `at`."""
+    sizes = _varint_sizes(values)
+    for k in range(int(sizes.max(initial=0))):
+        more = sizes > k
+        byte = ((values >> (7 * k)) & 0x7F) | ((sizes > k + 1) << 7)
+        buf[at[more] + k] = byte[more]
+
+
+class _CompactGroup:
+    """The buckets of many `_groupable` sketches, found together: their held-back values
+    unpacked at once, keyed by math.log one by one (exactly as add() keys them; numpy's log may
+    differ in the last ulp), then sorted and counted by numpy. `quantiles` and `encodings`
+    answer for all members with a few numpy calls, the same floats and bytes as
+    `_compact_quantiles` and `_compact_encoding`. Members `_compact_buckets` refuses (a key
+    range near the cap) or whose values are not floats are `rejected`: ask them one by one."""
+
+    __slots__ = (
+        "count",
+        "first_of_owner",
+        "key",
+        "owner",
+        "per_owner",
+        "rejected",
+        "size",
+        "store",
+        "store_first",
+        "store_kind",
+        "store_last",
+        "store_owner",
+        "store_start",
+        "units",
+    )
+
+    def __init__(self, sketches: Sequence[Sketch]) -> None:
+        self.size = size = len(sketches)
+        self.units = np.fromiter((sketch._unit for sketch in sketches), dtype=_F64, count=size)
+        self.rejected: list[int] = []
+        raw = array("d")
+        lengths: list[int] = []
+        for i, sketch in enumerate(sketches):
+            pending = sketch._pending
+            if isinstance(pending, bytes):
+                raw.frombytes(pending)
+                lengths.append(len(pending) >> 3)
+                continue
+            try:
+                raw.fromlist(pending)  # type: ignore[arg-type]  # _groupable: held back
+            except (OverflowError, TypeError):  # an int beyond the float range, say
+                self.rejected.append(i)
+                lengths.append(0)
+            else:
+                lengths.append(len(pending))  # type: ignore[arg-type]
+        values = np.frombuffer(raw, dtype=_F64) if len(raw) else np.zeros(0, dtype=_F64)
+        magnitudes = np.abs(values)
+        bucketed = (magnitudes >= ZERO_THRESHOLD) & (magnitudes < _INF)
+        zero = magnitudes < ZERO_THRESHOLD  # NaN and +-inf are neither: ignored, as add() does
+        logged = np.where(bucketed, magnitudes, 1.0).tolist()
+        keys = np.array([_ceil(_log(m) * _INV_LOG_GAMMA) for m in logged], dtype=np.int64)
+        negative = values < 0.0
+        np.negative(keys, out=keys, where=negative)
+        stores = np.where(zero, _ZERO, np.where(negative, _NEGATIVE, _POSITIVE))
+        owners = np.repeat(np.arange(size, dtype=np.int64), lengths)
+        packed = (owners << _OWNER_SHIFT) | (stores << _STORE_SHIFT) | (keys + _KEY_BIAS)
+        packed = packed[bucketed | zero]
+        packed.sort()
+        self._count(packed)
+        wide = (self.store_kind != _ZERO) & (self.store_last - self.store_first >= MAX_BUCKETS // 2)
+        if wide.any():  # collapsing is the numpy form's business (as in _compact_buckets)
+            refused = np.unique(self.store_owner[wide])
+            self.rejected += refused.tolist()
+            self._count(packed[~np.isin(packed >> _OWNER_SHIFT, refused)])
+
+    def _count(self, packed: npt.NDArray[np.int64]) -> None:
+        """Buckets (runs of equal entries in sorted `packed`) and stores (runs of one owner's
+        buckets of one sign), each with its owner, store kind and keys."""
+        starts = np.flatnonzero(np.concatenate(((True,), packed[1:] != packed[:-1]))) if len(packed) else packed
+        self.count = np.diff(np.append(starts, len(packed)))
+        buckets = packed[starts]
+        self.owner = buckets >> _OWNER_SHIFT
+        self.store = (buckets >> _STORE_SHIFT) & 3
+        self.key = (buckets & ((1 << _STORE_SHIFT) - 1)) - _KEY_BIAS
+        self.per_owner = np.bincount(self.owner, minlength=self.size)
+        self.first_of_owner = np.cumsum(self.per_owner) - self.per_owner
+        sides = buckets >> _STORE_SHIFT
+        self.store_start = np.flatnonzero(np.concatenate(((True,), sides[1:] != sides[:-1]))) if len(sides) else sides
+        store_end = np.append(self.store_start, len(sides))[1:] - 1
+        self.store_owner = self.owner[self.store_start]
+        self.store_kind = self.store[self.store_start]
+        self.store_first = self.key[self.store_start]
+        self.store_last = self.key[store_end]
+
+    def quantiles(self, qs: Sequence[float]) -> list[list[float | None]]:
+        """Each member's `_compact_quantiles`: the same float steps, one row per member.
+
+        Ranks and running sums are laid out members x buckets (at most COMPACT_MAX each), and
+        bisect_right is a count of the running sums not above the rank."""
+        size, per_owner = self.size, self.per_owner
+        if not len(self.count):
+            return [[None] * len(qs) for _ in range(size)]
+        width = int(per_owner.max())
+        column = np.arange(len(self.count)) - self.first_of_owner[self.owner]
+        cum = np.zeros((size, width), dtype=_F64)
+        cum[self.owner, column] = self.count
+        cum = cum.cumsum(axis=1) * self.units[:, None]
+        last = per_owner - 1
+        top = cum[np.arange(size), np.maximum(last, 0)]
+        snap = 1e-12 * top
+        rank = np.maximum(np.multiply.outer(top - 1.0, np.asarray(qs, dtype=_F64)), 0.0)
+        nearest = np.rint(rank)  # round half to even, as round()
+        rank = np.where(np.abs(rank - nearest) <= snap[:, None], nearest, rank)
+        below = np.floor(rank)
+        frac = rank - below
+        cum[np.arange(width) >= per_owner[:, None]] = _INF  # past a member's last bucket
+        lo = np.minimum((cum[:, None, :] <= below[:, :, None]).sum(axis=2), last[:, None])
+        hi = np.minimum((cum[:, None, :] <= np.ceil(rank)[:, :, None]).sum(axis=2), last[:, None])
+        values = self._values()
+        v_lo = values[self.first_of_owner[:, None] + lo]
+        v_hi = values[self.first_of_owner[:, None] + hi]
+        with np.errstate(over="ignore", invalid="ignore"):  # as Python floats: inf, no warning
+            mixed = (1.0 - frac) * v_lo + frac * v_hi  # separate ufuncs: no fused multiply-add
+        rows: list[list[float | None]] = np.where(lo == hi, v_lo, mixed).tolist()
+        for i in np.flatnonzero(per_owner == 0).tolist():
+            rows[i] = [None] * len(qs)
+        return rows
+
+    def _values(self) -> npt.NDArray[np.float64]:
+        """Each bucket's reported value, as value_of in `_compact_quantiles` gives it."""
+        negative = self.store == _NEGATIVE
+        values = _bucket_values(np.where(negative, -self.key, self.key))
+        return np.where(negative, -values, np.where(self.store == _ZERO, 0.0, values))
+
+    def encodings(self) -> list[bytes]:
+        """Each member's `_compact_encoding`, laid out one after another in one zeroed buffer
+        (a varint 0 is a zero byte: absent stores and zero counts need no write): version,
+        flags, [unit], zero count, then per store its length and, when not empty, its zigzag
+        first key, width 1 and one byte per count (at most COMPACT_MAX)."""
+        size = self.size
+        has_unit = self.units != 1.0
+        zeros = np.zeros(size, dtype=np.int64)
+        is_zero = self.store_kind == _ZERO
+        zeros[self.store_owner[is_zero]] = self.count[self.store_start[is_zero]]
+        # Per store (row 0 negative, row 1 positive) and member: length and first key.
+        lengths = np.zeros((2, size), dtype=np.int64)
+        firsts = np.zeros((2, size), dtype=np.int64)
+        side = self.store_kind >> 1
+        kept = self.store_kind != _ZERO
+        lengths[side[kept], self.store_owner[kept]] = self.store_last[kept] - self.store_first[kept] + 1
+        firsts[side[kept], self.store_owner[kept]] = self.store_first[kept]
+        present = lengths > 0
+        zigzags = (firsts << 1) ^ (firsts >> 63)
+        length_sizes = _varint_sizes(lengths)
+        zigzag_sizes = _varint_sizes(zigzags) * present
+        store_sizes = length_sizes + present * (zigzag_sizes + 1 + lengths)
+        head = 3 + 8 * has_unit  # version, flags, [unit], zero count (at most COMPACT_MAX: one byte)
+        ends = np.cumsum(head + store_sizes[0] + store_sizes[1])
+        starts = ends - head - store_sizes[0] - store_sizes[1]
+        buf = np.zeros(int(ends[-1]) if size else 0, dtype=np.uint8)
+        buf[starts] = FORMAT_VERSION
+        buf[starts + head - 1] = zeros
+        if has_unit.any():
+            at = starts[has_unit]
+            buf[at + 1] = _FLAG_UNIT
+            buf[at[:, None] + np.arange(2, 10)] = self.units[has_unit].astype("<f8").view(np.uint8).reshape(-1, 8)
+        stores_at = np.stack((starts + head, starts + head + store_sizes[0]))
+        _put_varints(
+            buf,
+            np.concatenate((stores_at[present], (stores_at + length_sizes)[present])),
+            np.concatenate((lengths[present], zigzags[present])),
+        )
+        bodies = stores_at + length_sizes + zigzag_sizes + 1
+        buf[bodies[present] - 1] = 1  # the count width
+        stored = self.store != _ZERO
+        side_of, owner = self.store[stored] >> 1, self.owner[stored]
+        buf[bodies[side_of, owner] + self.key[stored] - firsts[side_of, owner]] = self.count[stored]
+        raw = buf.tobytes()
+        return [raw[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _answer_compact(
+    sketches: Sequence[Sketch],
+    members: list[int],
+    qs: Sequence[float] | None,
+    quantiles: list[list[float | None] | None] | None,
+    encodings: list[bytes | None] | None,
+) -> None:
+    """Fill `quantiles` (at qs) and/or `encodings` for the `_groupable` sketches `members`,
+    grouped; the ones the group rejects one by one."""
+    group = _CompactGroup([sketches[i] for i in members])
+    if quantiles is not None:
+        assert qs is not None
+        for i, row in zip(members, group.quantiles(qs), strict=True):
+            quantiles[i] = row
+    if encodings is not None:
+        for i, encoded in zip(members, group.encodings(), strict=True):
+            encodings[i] = encoded
+    for j in group.rejected:
+        sketch = sketches[members[j]]
+        if quantiles is not None:
+            assert qs is not None
+            quantiles[members[j]] = sketch.quantiles(qs)
+        if encodings is not None:
+            encodings[members[j]] = sketch.to_bytes()
+
+
 # Below this, every running sum of a batch of integer counts is exact in a float64.
 _EXACT_SUM: Final = float(1 << 53)
 
@@ -1200,9 +1448,13 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
     out: list[list[float | None] | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
+    compact: list[int] = []
     for i, sketch in enumerate(sketches):
+        if _groupable(sketch):
+            compact.append(i)  # a few values: answered together, and they stay compact
+            continue
         if sketch._compact() is not None:
-            out[i] = sketch.quantiles(qs)  # a few values: pure Python, and it stays compact
+            out[i] = sketch.quantiles(qs)  # float counts: the one-by-one path keeps it compact
             continue
         sketch._settle()
         dtype = sketch._dtype
@@ -1227,6 +1479,8 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
                 out[i] = sketches[i].quantiles(qs)
         else:
             _ranks_laid_end_to_end(sketches, picked, qs, running, lengths, zeros, out)
+    if compact:
+        _answer_compact(sketches, compact, qs, out, None)
     return out  # type: ignore[return-value]  # every slot is filled
 
 
@@ -1285,9 +1539,13 @@ def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
     out: list[bytes | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
+    compact: list[int] = []
     for i, sketch in enumerate(sketches):
+        if _groupable(sketch):
+            compact.append(i)  # a few values: encoded together, and they stay compact
+            continue
         if sketch._compact() is not None:
-            out[i] = sketch.to_bytes()  # a few values: pure Python, and it stays compact
+            out[i] = sketch.to_bytes()  # float counts: the one-by-one path keeps it compact
             continue
         sketch._settle()
         if (
@@ -1327,7 +1585,31 @@ def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
                 encoded.append(1)  # one byte per count
                 encoded += raw[lo:hi]
             out[i] = bytes(encoded)
+    if compact:
+        _answer_compact(sketches, compact, None, None, out)
     return out  # type: ignore[return-value]  # every slot is filled
+
+
+def summaries_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> tuple[list[list[float | None]], list[bytes]]:
+    """(quantiles_many(sketches, qs), encode_many(sketches)) with the compact sketches' buckets
+    found once for both: a flush writes each distribution window's percentiles and sketch."""
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+    quantiles: list[list[float | None] | None] = [None] * len(sketches)
+    encodings: list[bytes | None] = [None] * len(sketches)
+    compact: list[int] = []
+    rest: list[int] = []
+    for i, sketch in enumerate(sketches):
+        (compact if _groupable(sketch) else rest).append(i)
+    if compact:
+        _answer_compact(sketches, compact, qs, quantiles, encodings)
+    if rest:
+        others = [sketches[i] for i in rest]
+        for i, row, encoded in zip(rest, quantiles_many(others, qs), encode_many(others), strict=True):
+            quantiles[i] = row
+            encodings[i] = encoded
+    return quantiles, encodings  # type: ignore[return-value]  # every slot is filled
 
 
 def _found(
