@@ -37,10 +37,10 @@ import struct
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import ceil as _ceil
 from math import log as _log
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -123,6 +123,7 @@ _FLAG_UNIT: Final = 0x02
 _F64_LE: Final = struct.Struct("<d")
 
 Counts = npt.NDArray[Any]
+_T = TypeVar("_T")
 
 # Shared by every empty store; never written to (stores are replaced, not resized).
 _EMPTY: Final[Counts] = np.zeros(0, dtype=np.uint8)
@@ -1205,21 +1206,12 @@ def _bucket_values(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """_value_of_key of each of `keys` (within [_KEY_MIN, _KEY_MAX]): math.exp, once per key."""
     at = keys - _KEY_MIN
     values = _BUCKET_VALUES[at]
-    missing = np.flatnonzero(values == 0.0)
+    missing = (values == 0.0).nonzero()[0]
     if len(missing):
         for index in np.unique(at[missing]).tolist():
             _BUCKET_VALUES[index] = _value_of_key(index + _KEY_MIN)
         values = _BUCKET_VALUES[at]
     return values
-
-
-def _groupable(sketch: Sketch) -> bool:
-    """Whether `sketch` is compact with integer counts: `_compact_buckets` answers for it, unless
-    its key range is near the cap (the group finds those and rejects them)."""
-    pending = sketch._pending
-    if pending is None or sketch._dtype is _F64 or len(sketch._pos) or len(sketch._neg) or sketch._zero:
-        return False
-    return len(pending) <= (8 * COMPACT_MAX if isinstance(pending, bytes) else COMPACT_MAX)
 
 
 def _varint_sizes(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -1236,21 +1228,30 @@ def _put_varints(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], values: 
         buf[at[more] + k] = byte[more]
 
 
+def _run_starts(ordered: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """Where each run of equal entries of `ordered` starts."""
+    change = np.empty(len(ordered), dtype=bool)
+    change[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    return change.nonzero()[0]
+
+
 class _CompactGroup:
-    """The buckets of many `_groupable` sketches, found together: their held-back values
-    unpacked at once, keyed by math.log one by one (exactly as add() keys them; numpy's log may
-    differ in the last ulp), then sorted and counted by numpy. `quantiles` and `encodings`
-    answer for all members with a few numpy calls, the same floats and bytes as
-    `_compact_quantiles` and `_compact_encoding`. Members `_compact_buckets` refuses (a key
-    range near the cap) or whose values are not floats are `rejected`: ask them one by one."""
+    """The buckets of a batch's compact sketches (integer counts, held-back values, nothing in
+    the stores), found together: their values unpacked at once, keyed by math.log one by one
+    (exactly as add() keys them), then sorted and counted by numpy. `quantiles` and `encodings`
+    answer for all of them with a few numpy calls, the same floats and bytes as
+    `_compact_quantiles` and `_compact_encoding` give one by one. The batch's other sketches,
+    and compact ones `_compact_buckets` refuses (a key range near the cap) or whose values do
+    not pack as floats, are `others`: their rows are placeholders, to be answered elsewhere."""
 
     __slots__ = (
         "count",
         "first_of_owner",
         "key",
+        "others",
         "owner",
         "per_owner",
-        "rejected",
         "size",
         "store",
         "store_first",
@@ -1263,32 +1264,44 @@ class _CompactGroup:
 
     def __init__(self, sketches: Sequence[Sketch]) -> None:
         self.size = size = len(sketches)
-        self.units = np.fromiter((sketch._unit for sketch in sketches), dtype=_F64, count=size)
-        self.rejected: list[int] = []
+        self.others: list[int] = []
         raw = array("d")
         lengths: list[int] = []
+        units: list[float] = []
         for i, sketch in enumerate(sketches):
             pending = sketch._pending
-            if isinstance(pending, bytes):
-                raw.frombytes(pending)
-                lengths.append(len(pending) >> 3)
-                continue
-            try:
-                raw.fromlist(pending)  # type: ignore[arg-type]  # _groupable: held back
-            except (OverflowError, TypeError):  # an int beyond the float range, say
-                self.rejected.append(i)
-                lengths.append(0)
-            else:
-                lengths.append(len(pending))  # type: ignore[arg-type]
+            units.append(sketch._unit)
+            # _compact() with integer counts (what _compact_buckets answers), inline: a flush
+            # asks this of every distribution window.
+            if not (pending is None or sketch._dtype is _F64 or sketch._zero or len(sketch._pos) or len(sketch._neg)):
+                if isinstance(pending, bytes):
+                    if len(pending) <= 8 * COMPACT_MAX:
+                        raw.frombytes(pending)
+                        lengths.append(len(pending) >> 3)
+                        continue
+                elif len(pending) <= COMPACT_MAX:
+                    try:
+                        raw.fromlist(pending)
+                    except (OverflowError, TypeError):  # an int beyond the float range, say
+                        pass
+                    else:
+                        lengths.append(len(pending))
+                        continue
+            self.others.append(i)
+            lengths.append(0)
+        self.units = np.array(units, dtype=_F64)
         values = np.frombuffer(raw, dtype=_F64) if len(raw) else np.zeros(0, dtype=_F64)
         magnitudes = np.abs(values)
         bucketed = (magnitudes >= ZERO_THRESHOLD) & (magnitudes < _INF)
         zero = magnitudes < ZERO_THRESHOLD  # NaN and +-inf are neither: ignored, as add() does
-        logged = np.where(bucketed, magnitudes, 1.0).tolist()
-        keys = np.array([_ceil(_log(m) * _INV_LOG_GAMMA) for m in logged], dtype=np.int64)
-        negative = values < 0.0
+        # Keys as add() computes them, _ceil(_log(v) * _INV_LOG_GAMMA): math.log value by value
+        # (numpy's log may differ in the last ulp), then the same IEEE multiply and an exact
+        # ceil in numpy. 1.0 (key 0) stands in for the values without a key.
+        logs = map(_log, np.where(bucketed, magnitudes, 1.0).tolist())
+        keys = np.ceil(np.fromiter(logs, dtype=_F64, count=len(values)) * _INV_LOG_GAMMA).astype(np.int64)
+        negative = values <= -ZERO_THRESHOLD
         np.negative(keys, out=keys, where=negative)
-        stores = np.where(zero, _ZERO, np.where(negative, _NEGATIVE, _POSITIVE))
+        stores = _POSITIVE - (_POSITIVE - _NEGATIVE) * negative - (_POSITIVE - _ZERO) * zero
         owners = np.repeat(np.arange(size, dtype=np.int64), lengths)
         packed = (owners << _OWNER_SHIFT) | (stores << _STORE_SHIFT) | (keys + _KEY_BIAS)
         packed = packed[bucketed | zero]
@@ -1297,27 +1310,26 @@ class _CompactGroup:
         wide = (self.store_kind != _ZERO) & (self.store_last - self.store_first >= MAX_BUCKETS // 2)
         if wide.any():  # collapsing is the numpy form's business (as in _compact_buckets)
             refused = np.unique(self.store_owner[wide])
-            self.rejected += refused.tolist()
+            self.others = sorted(self.others + refused.tolist())
             self._count(packed[~np.isin(packed >> _OWNER_SHIFT, refused)])
 
     def _count(self, packed: npt.NDArray[np.int64]) -> None:
         """Buckets (runs of equal entries in sorted `packed`) and stores (runs of one owner's
         buckets of one sign), each with its owner, store kind and keys."""
-        starts = np.flatnonzero(np.concatenate(((True,), packed[1:] != packed[:-1]))) if len(packed) else packed
-        self.count = np.diff(np.append(starts, len(packed)))
+        starts = _run_starts(packed)
+        self.count = np.diff(starts, append=len(packed))
         buckets = packed[starts]
-        self.owner = buckets >> _OWNER_SHIFT
-        self.store = (buckets >> _STORE_SHIFT) & 3
+        sides = buckets >> _STORE_SHIFT
+        self.owner = sides >> (_OWNER_SHIFT - _STORE_SHIFT)
+        self.store = sides & 3
         self.key = (buckets & ((1 << _STORE_SHIFT) - 1)) - _KEY_BIAS
         self.per_owner = np.bincount(self.owner, minlength=self.size)
         self.first_of_owner = np.cumsum(self.per_owner) - self.per_owner
-        sides = buckets >> _STORE_SHIFT
-        self.store_start = np.flatnonzero(np.concatenate(((True,), sides[1:] != sides[:-1]))) if len(sides) else sides
-        store_end = np.append(self.store_start, len(sides))[1:] - 1
+        self.store_start = _run_starts(sides)
         self.store_owner = self.owner[self.store_start]
         self.store_kind = self.store[self.store_start]
         self.store_first = self.key[self.store_start]
-        self.store_last = self.key[store_end]
+        self.store_last = self.key[np.diff(self.store_start, append=len(sides)) + self.store_start - 1]
 
     def quantiles(self, qs: Sequence[float]) -> list[list[float | None]]:
         """Each member's `_compact_quantiles`: the same float steps, one row per member.
@@ -1349,7 +1361,7 @@ class _CompactGroup:
         with np.errstate(over="ignore", invalid="ignore"):  # as Python floats: inf, no warning
             mixed = (1.0 - frac) * v_lo + frac * v_hi  # separate ufuncs: no fused multiply-add
         rows: list[list[float | None]] = np.where(lo == hi, v_lo, mixed).tolist()
-        for i in np.flatnonzero(per_owner == 0).tolist():
+        for i in (per_owner == 0).nonzero()[0].tolist():
             rows[i] = [None] * len(qs)
         return rows
 
@@ -1365,6 +1377,8 @@ class _CompactGroup:
         flags, [unit], zero count, then per store its length and, when not empty, its zigzag
         first key, width 1 and one byte per count (at most COMPACT_MAX)."""
         size = self.size
+        if len(self.others) == size:
+            return [b""] * size  # nothing compact: all placeholders
         has_unit = self.units != 1.0
         zeros = np.zeros(size, dtype=np.int64)
         is_zero = self.store_kind == _ZERO
@@ -1406,30 +1420,15 @@ class _CompactGroup:
         return [raw[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
-def _answer_compact(
-    sketches: Sequence[Sketch],
-    members: list[int],
-    qs: Sequence[float] | None,
-    quantiles: list[list[float | None] | None] | None,
-    encodings: list[bytes | None] | None,
+def _answer_others(
+    sketches: Sequence[Sketch], others: list[int], answer: Callable[[list[Sketch]], list[_T]], out: list[_T]
 ) -> None:
-    """Fill `quantiles` (at qs) and/or `encodings` for the `_groupable` sketches `members`,
-    grouped; the ones the group rejects one by one."""
-    group = _CompactGroup([sketches[i] for i in members])
-    if quantiles is not None:
-        assert qs is not None
-        for i, row in zip(members, group.quantiles(qs), strict=True):
-            quantiles[i] = row
-    if encodings is not None:
-        for i, encoded in zip(members, group.encodings(), strict=True):
-            encodings[i] = encoded
-    for j in group.rejected:
-        sketch = sketches[members[j]]
-        if quantiles is not None:
-            assert qs is not None
-            quantiles[members[j]] = sketch.quantiles(qs)
-        if encodings is not None:
-            encodings[members[j]] = sketch.to_bytes()
+    """Put answer(the sketches at `others`) at their places in `out`."""
+    if len(others) == len(sketches):
+        out[:] = answer(list(sketches))
+        return
+    for i, found in zip(others, answer([sketches[i] for i in others]), strict=True):
+        out[i] = found
 
 
 # Below this, every running sum of a batch of integer counts is exact in a float64.
@@ -1442,19 +1441,29 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
     one cumulative sum and one search over their buckets laid end to end, instead of about ten
     numpy calls per sketch (a flush encodes thousands of small sketches). The others, and a
     batch whose sums could lose exactness, take `quantiles` one by one."""
+    _check_quantiles(qs)
+    group = _CompactGroup(sketches)
+    out = group.quantiles(qs)
+    if group.others:
+        _answer_others(sketches, group.others, lambda others: _quantiles_stored(others, qs), out)
+    return out
+
+
+def _check_quantiles(qs: Sequence[float]) -> None:
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+
+
+def _quantiles_stored(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list[float | None]]:
+    """quantiles_many of sketches that are not compact with integer counts (or that the compact
+    group refused): the common ones' ranks searched together, the others one by one."""
     out: list[list[float | None] | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
-    compact: list[int] = []
     for i, sketch in enumerate(sketches):
-        if _groupable(sketch):
-            compact.append(i)  # a few values: answered together, and they stay compact
-            continue
         if sketch._compact() is not None:
-            out[i] = sketch.quantiles(qs)  # float counts: the one-by-one path keeps it compact
+            out[i] = sketch.quantiles(qs)  # a few values: pure Python, and it stays compact
             continue
         sketch._settle()
         dtype = sketch._dtype
@@ -1479,8 +1488,6 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
                 out[i] = sketches[i].quantiles(qs)
         else:
             _ranks_laid_end_to_end(sketches, picked, qs, running, lengths, zeros, out)
-    if compact:
-        _answer_compact(sketches, compact, qs, out, None)
     return out  # type: ignore[return-value]  # every slot is filled
 
 
@@ -1535,17 +1542,24 @@ def _ranks_laid_end_to_end(
 def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
     """[s.to_bytes() for s in sketches], the same bytes, with the common sketches (one-byte
     counts at unit weight, no negative values) trimmed together: one search for nonzero buckets
-    over their stores laid end to end instead of four numpy calls each."""
+    over their stores laid end to end instead of four numpy calls each; compact ones (a few
+    held-back values) laid out together in one buffer, see `_CompactGroup`."""
+    group = _CompactGroup(sketches)
+    out = group.encodings()
+    if group.others:
+        _answer_others(sketches, group.others, _encode_stored, out)
+    return out
+
+
+def _encode_stored(sketches: Sequence[Sketch]) -> list[bytes]:
+    """encode_many of sketches that are not compact with integer counts (or that the compact
+    group refused)."""
     out: list[bytes | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
-    compact: list[int] = []
     for i, sketch in enumerate(sketches):
-        if _groupable(sketch):
-            compact.append(i)  # a few values: encoded together, and they stay compact
-            continue
         if sketch._compact() is not None:
-            out[i] = sketch.to_bytes()  # float counts: the one-by-one path keeps it compact
+            out[i] = sketch.to_bytes()  # a few values: pure Python, and it stays compact
             continue
         sketch._settle()
         if (
@@ -1585,31 +1599,19 @@ def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
                 encoded.append(1)  # one byte per count
                 encoded += raw[lo:hi]
             out[i] = bytes(encoded)
-    if compact:
-        _answer_compact(sketches, compact, None, None, out)
     return out  # type: ignore[return-value]  # every slot is filled
 
 
 def summaries_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> tuple[list[list[float | None]], list[bytes]]:
     """(quantiles_many(sketches, qs), encode_many(sketches)) with the compact sketches' buckets
     found once for both: a flush writes each distribution window's percentiles and sketch."""
-    for q in qs:
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
-    quantiles: list[list[float | None] | None] = [None] * len(sketches)
-    encodings: list[bytes | None] = [None] * len(sketches)
-    compact: list[int] = []
-    rest: list[int] = []
-    for i, sketch in enumerate(sketches):
-        (compact if _groupable(sketch) else rest).append(i)
-    if compact:
-        _answer_compact(sketches, compact, qs, quantiles, encodings)
-    if rest:
-        others = [sketches[i] for i in rest]
-        for i, row, encoded in zip(rest, quantiles_many(others, qs), encode_many(others), strict=True):
-            quantiles[i] = row
-            encodings[i] = encoded
-    return quantiles, encodings  # type: ignore[return-value]  # every slot is filled
+    _check_quantiles(qs)
+    group = _CompactGroup(sketches)
+    quantiles, encodings = group.quantiles(qs), group.encodings()
+    if group.others:
+        _answer_others(sketches, group.others, lambda others: _quantiles_stored(others, qs), quantiles)
+        _answer_others(sketches, group.others, _encode_stored, encodings)
+    return quantiles, encodings
 
 
 def _found(
