@@ -1272,8 +1272,15 @@ class _CompactGroup:
             pending = sketch._pending
             units.append(sketch._unit)
             # _compact() with integer counts (what _compact_buckets answers), inline: a flush
-            # asks this of every distribution window.
-            if not (pending is None or sketch._dtype is _F64 or sketch._zero or len(sketch._pos) or len(sketch._neg)):
+            # asks this of every distribution window. Empty stores are the shared _EMPTY (any
+            # other empty array only sends its sketch the stored way).
+            if (
+                pending is not None
+                and sketch._pos is _EMPTY
+                and sketch._neg is _EMPTY
+                and sketch._dtype is not _F64
+                and not sketch._zero
+            ):
                 if isinstance(pending, bytes):
                     if len(pending) <= 8 * COMPACT_MAX:
                         raw.frombytes(pending)
