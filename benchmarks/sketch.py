@@ -172,14 +172,14 @@ def compact_windows(rng: np.random.Generator, count: int) -> list[Sketch]:
 
 
 def compact(repeat: int) -> None:
-    """us per sketch for 20,000 compact sketches, in the postgres sink's groups
-    (SKETCH_ROWS_PER_GROUP) and in one group, one by one and grouped."""
+    """us per sketch for 20,000 compact sketches, one by one and grouped: in 200s (the sink's
+    groups until SKETCH_ROWS_PER_GROUP became 500), in the sink's groups and in one group."""
     from collectord.sinks.postgres.sink import SKETCH_ROWS_PER_GROUP
 
     windows = compact_windows(np.random.default_rng(5), 20_000)
     summaries_many = getattr(sketch_module, "summaries_many", None)
     print(f"{'20,000 compact sketches, 1-6 values':<48} {'us/sketch (CPU)':>16}")
-    for size in (SKETCH_ROWS_PER_GROUP, len(windows)):
+    for size in sorted({200, SKETCH_ROWS_PER_GROUP, len(windows)}):
         groups = [windows[i : i + size] for i in range(0, len(windows), size)]
         runs: dict[str, Callable[[], object]] = {
             "quantiles() one by one": lambda: [w.quantiles(PERCENTILES) for w in windows],
@@ -190,7 +190,7 @@ def compact(repeat: int) -> None:
         if summaries_many is not None:
             runs["summaries_many (both)"] = lambda groups=groups: [summaries_many(g, PERCENTILES) for g in groups]
         for label, run in runs.items():
-            if "one by one" in label and size != len(windows):
+            if "one by one" in label and size != len(windows):  # once
                 continue
             where = "" if "one by one" in label else f", groups of {size:,}"
             print(f"{label + where:<48} {best_cpu_us(run, repeat) / len(windows):>16.2f}")
