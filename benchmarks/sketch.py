@@ -1,6 +1,7 @@
 """Sketch costs and accuracy: time per operation, memory, wire size, worst relative error.
 
     .venv/bin/python benchmarks/sketch.py [--repeat 7]
+    .venv/bin/python benchmarks/sketch.py compact [--repeat 7]   # a flush's compact sketches, grouped
 
 Latency samples are lognormal with mean 50 ms and sigma 1, the shape of a typical request
 timer. Times are the best of --repeat runs (the least disturbed by other processes); the error
@@ -22,7 +23,8 @@ import numpy.typing as npt
 # Run from a checkout without installing: the package lives one directory up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectord.aggregation.sketch import Sketch
+from collectord.aggregation import sketch as sketch_module
+from collectord.aggregation.sketch import Sketch, encode_many, quantiles_many
 
 MEAN_SECONDS = 0.05
 SIGMA = 1.0
@@ -144,10 +146,65 @@ def errors(rng: np.random.Generator) -> list[tuple[str, float]]:
     return rows
 
 
+def best_cpu_us(run: Callable[[], object], repeat: int) -> float:
+    """Best CPU time (this process) of `run` over `repeat` calls, in microseconds: the machine
+    is shared, so wall time would count other processes' work."""
+    best = math.inf
+    for _ in range(repeat):
+        start = time.process_time_ns()
+        run()
+        best = min(best, time.process_time_ns() - start)
+    return best / 1000
+
+
+def compact_windows(rng: np.random.Generator, count: int) -> list[Sketch]:
+    """Histogram windows of a flush: 1 to 6 values each (one sample per 10 s interval of a
+    minute), uniform in [1, 100), each a rolled-up copy (values packed as bytes, no stores)."""
+    windows = []
+    for size in rng.integers(1, 7, count).tolist():
+        part = Sketch()
+        for value in rng.uniform(1, 100, size).tolist():
+            part.add(value)
+        window = Sketch()
+        window.merge(part)
+        windows.append(window)
+    return windows
+
+
+def compact(repeat: int) -> None:
+    """us per sketch for 20,000 compact sketches, one by one and grouped: in 200s (the sink's
+    groups until SKETCH_ROWS_PER_GROUP became 500), in the sink's groups and in one group."""
+    from collectord.sinks.postgres.sink import SKETCH_ROWS_PER_GROUP
+
+    windows = compact_windows(np.random.default_rng(5), 20_000)
+    summaries_many = getattr(sketch_module, "summaries_many", None)
+    print(f"{'20,000 compact sketches, 1-6 values':<48} {'us/sketch (CPU)':>16}")
+    for size in sorted({200, SKETCH_ROWS_PER_GROUP, len(windows)}):
+        groups = [windows[i : i + size] for i in range(0, len(windows), size)]
+        runs: dict[str, Callable[[], object]] = {
+            "quantiles() one by one": lambda: [w.quantiles(PERCENTILES) for w in windows],
+            "to_bytes() one by one": lambda: [w.to_bytes() for w in windows],
+            "quantiles_many": lambda groups=groups: [quantiles_many(g, PERCENTILES) for g in groups],
+            "encode_many": lambda groups=groups: [encode_many(g) for g in groups],
+        }
+        if summaries_many is not None:
+            runs["summaries_many (both)"] = lambda groups=groups: [summaries_many(g, PERCENTILES) for g in groups]
+        for label, run in runs.items():
+            if "one by one" in label and size != len(windows):  # once
+                continue
+            where = "" if "one by one" in label else f", groups of {size:,}"
+            print(f"{label + where:<48} {best_cpu_us(run, repeat) / len(windows):>16.2f}")
+    assert all(w._compact() is not None for w in windows)  # reading left them compact
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=["all", "compact"], default="all")
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    if args.what == "compact":
+        compact(args.repeat)
+        return
     rng = np.random.default_rng(2024)
 
     print(f"{'operation':<40} {'cost':>10}  unit")

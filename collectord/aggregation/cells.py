@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from collectord.aggregation.sketch import Sketch, quantiles_many
+from collectord.aggregation.sketch import Sketch, quantiles_many, summaries_many
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 
@@ -180,3 +180,16 @@ def prepare_percentiles(cells: Sequence[Cell]) -> None:
     for cell, found in zip(todo, estimates, strict=True):
         low, high = cell.min, cell.max
         cell._percentiles = (cell.count, [None if e is None else min(max(e, low), high) for e in found])
+
+
+def encode_distributions(cells: Sequence[Cell]) -> list[bytes]:
+    """Each cell's sketch encoding (`Sketch.to_bytes`), its percentiles computed and cached on
+    the way as `prepare_percentiles` does: one pass over the sketches serves both (a compact
+    sketch's buckets are found once, see `summaries_many`). Every cell holds a sketch."""
+    sketches: list[Sketch] = [cell.sketch for cell in cells]  # type: ignore[misc]
+    estimates, encoded = summaries_many(sketches, PERCENTILES)
+    for cell, found in zip(cells, estimates, strict=True):
+        if cell.count > 0:
+            low, high = cell.min, cell.max
+            cell._percentiles = (cell.count, [None if e is None else min(max(e, low), high) for e in found])
+    return encoded

@@ -37,10 +37,10 @@ import struct
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import ceil as _ceil
 from math import log as _log
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,7 @@ __all__ = [
     "encode_many",
     "merge_encoded",
     "quantiles_many",
+    "summaries_many",
 ]
 
 RELATIVE_ACCURACY: Final = 0.0099
@@ -122,6 +123,7 @@ _FLAG_UNIT: Final = 0x02
 _F64_LE: Final = struct.Struct("<d")
 
 Counts = npt.NDArray[Any]
+_T = TypeVar("_T")
 
 # Shared by every empty store; never written to (stores are replaced, not resized).
 _EMPTY: Final[Counts] = np.zeros(0, dtype=np.uint8)
@@ -1199,6 +1201,258 @@ def _decode(cls: type[Sketch], data: bytes) -> Sketch:
     return sketch
 
 
+# ---------------------------------------------------------- compact sketches, grouped
+
+# A compact sketch's bucket as one sortable int64: its owner (index in the group) << 20, its
+# store (0 negative, 1 zero, 2 positive) << 18, its key + _KEY_BIAS. Keys of either store lie
+# within +-_KEY_MAX, so sorting orders by owner, then by value.
+_KEY_BIAS: Final = 1 << 16
+_STORE_SHIFT: Final = 18
+_OWNER_SHIFT: Final = 20
+assert _KEY_MAX < _KEY_BIAS and -_KEY_MIN < _KEY_BIAS and 2 * _KEY_BIAS <= 1 << _STORE_SHIFT
+_NEGATIVE, _ZERO, _POSITIVE = 0, 1, 2
+
+# Bucket values by key (index key - _KEY_MIN), each computed by _value_of_key when first
+# needed; 0.0 is "not yet" (no bucket's value is 0). np.zeros leaves untouched pages unmapped.
+_BUCKET_VALUES: Final = np.zeros(_KEY_MAX - _KEY_MIN + 1, dtype=_F64)
+
+
+def _bucket_values(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """_value_of_key of each of `keys` (within [_KEY_MIN, _KEY_MAX]): math.exp, once per key."""
+    at = keys - _KEY_MIN
+    values = _BUCKET_VALUES[at]
+    missing = (values == 0.0).nonzero()[0]
+    if len(missing):
+        for index in np.unique(at[missing]).tolist():
+            _BUCKET_VALUES[index] = _value_of_key(index + _KEY_MIN)
+        values = _BUCKET_VALUES[at]
+    return values
+
+
+def _varint_sizes(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Bytes of each value's LEB128 varint; values below 2**28 (here: at most a zigzag key)."""
+    return 1 + (values >= 1 << 7) + (values >= 1 << 14) + (values >= 1 << 21)
+
+
+def _put_varints(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], values: npt.NDArray[np.int64]) -> None:
+    """Write each of `values` as a LEB128 varint at its offset in `at`."""
+    sizes = _varint_sizes(values)
+    for k in range(int(sizes.max(initial=0))):
+        more = sizes > k
+        byte = ((values >> (7 * k)) & 0x7F) | ((sizes > k + 1) << 7)
+        buf[at[more] + k] = byte[more]
+
+
+def _run_starts(ordered: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """Where each run of equal entries of `ordered` starts."""
+    change = np.empty(len(ordered), dtype=bool)
+    change[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    return change.nonzero()[0]
+
+
+class _CompactGroup:
+    """The buckets of a batch's compact sketches (integer counts, held-back values, nothing in
+    the stores), found together: their values unpacked at once, keyed by math.log one by one
+    (exactly as add() keys them), then sorted and counted by numpy. `quantiles` and `encodings`
+    answer for all of them with a few numpy calls, the same floats and bytes as
+    `_compact_quantiles` and `_compact_encoding` give one by one. The batch's other sketches,
+    and compact ones `_compact_buckets` refuses (a key range near the cap) or whose values do
+    not pack as floats, are `others`: their rows are placeholders, to be answered elsewhere."""
+
+    __slots__ = (
+        "count",
+        "first_of_owner",
+        "key",
+        "others",
+        "owner",
+        "per_owner",
+        "size",
+        "store",
+        "store_first",
+        "store_kind",
+        "store_last",
+        "store_owner",
+        "store_start",
+        "units",
+    )
+
+    def __init__(self, sketches: Sequence[Sketch]) -> None:
+        self.size = size = len(sketches)
+        self.others: list[int] = []
+        raw = array("d")
+        lengths: list[int] = []
+        units: list[float] = []
+        for i, sketch in enumerate(sketches):
+            pending = sketch._pending
+            units.append(sketch._unit)
+            # _compact() with integer counts (what _compact_buckets answers), inline: a flush
+            # asks this of every distribution window. Empty stores are the shared _EMPTY (any
+            # other empty array only sends its sketch the stored way).
+            if (
+                pending is not None
+                and sketch._pos is _EMPTY
+                and sketch._neg is _EMPTY
+                and sketch._dtype is not _F64
+                and not sketch._zero
+            ):
+                if isinstance(pending, bytes):
+                    if len(pending) <= 8 * COMPACT_MAX:
+                        raw.frombytes(pending)
+                        lengths.append(len(pending) >> 3)
+                        continue
+                elif len(pending) <= COMPACT_MAX:
+                    try:
+                        raw.fromlist(pending)
+                    except (OverflowError, TypeError):  # an int beyond the float range, say
+                        pass
+                    else:
+                        lengths.append(len(pending))
+                        continue
+            self.others.append(i)
+            lengths.append(0)
+        self.units = np.array(units, dtype=_F64)
+        values = np.frombuffer(raw, dtype=_F64) if len(raw) else np.zeros(0, dtype=_F64)
+        magnitudes = np.abs(values)
+        bucketed = (magnitudes >= ZERO_THRESHOLD) & (magnitudes < _INF)
+        zero = magnitudes < ZERO_THRESHOLD  # NaN and +-inf are neither: ignored, as add() does
+        # Keys as add() computes them, _ceil(_log(v) * _INV_LOG_GAMMA): math.log value by value
+        # (numpy's log may differ in the last ulp), then the same IEEE multiply and an exact
+        # ceil in numpy. 1.0 (key 0) stands in for the values without a key.
+        logs = map(_log, np.where(bucketed, magnitudes, 1.0).tolist())
+        keys = np.ceil(np.fromiter(logs, dtype=_F64, count=len(values)) * _INV_LOG_GAMMA).astype(np.int64)
+        negative = values <= -ZERO_THRESHOLD
+        np.negative(keys, out=keys, where=negative)
+        stores = _POSITIVE - (_POSITIVE - _NEGATIVE) * negative - (_POSITIVE - _ZERO) * zero
+        owners = np.repeat(np.arange(size, dtype=np.int64), lengths)
+        packed = (owners << _OWNER_SHIFT) | (stores << _STORE_SHIFT) | (keys + _KEY_BIAS)
+        packed = packed[bucketed | zero]
+        packed.sort()
+        self._count(packed)
+        wide = (self.store_kind != _ZERO) & (self.store_last - self.store_first >= MAX_BUCKETS // 2)
+        if wide.any():  # collapsing is the numpy form's business (as in _compact_buckets)
+            refused = np.unique(self.store_owner[wide])
+            self.others = sorted(self.others + refused.tolist())
+            self._count(packed[~np.isin(packed >> _OWNER_SHIFT, refused)])
+
+    def _count(self, packed: npt.NDArray[np.int64]) -> None:
+        """Buckets (runs of equal entries in sorted `packed`) and stores (runs of one owner's
+        buckets of one sign), each with its owner, store kind and keys."""
+        starts = _run_starts(packed)
+        self.count = np.diff(starts, append=len(packed))
+        buckets = packed[starts]
+        sides = buckets >> _STORE_SHIFT
+        self.owner = sides >> (_OWNER_SHIFT - _STORE_SHIFT)
+        self.store = sides & 3
+        self.key = (buckets & ((1 << _STORE_SHIFT) - 1)) - _KEY_BIAS
+        self.per_owner = np.bincount(self.owner, minlength=self.size)
+        self.first_of_owner = np.cumsum(self.per_owner) - self.per_owner
+        self.store_start = _run_starts(sides)
+        self.store_owner = self.owner[self.store_start]
+        self.store_kind = self.store[self.store_start]
+        self.store_first = self.key[self.store_start]
+        self.store_last = self.key[np.diff(self.store_start, append=len(sides)) + self.store_start - 1]
+
+    def quantiles(self, qs: Sequence[float]) -> list[list[float | None]]:
+        """Each member's `_compact_quantiles`: the same float steps, one row per member.
+
+        Ranks and running sums are laid out members x buckets (at most COMPACT_MAX each), and
+        bisect_right is a count of the running sums not above the rank."""
+        size, per_owner = self.size, self.per_owner
+        if not len(self.count):
+            return [[None] * len(qs) for _ in range(size)]
+        width = int(per_owner.max())
+        column = np.arange(len(self.count)) - self.first_of_owner[self.owner]
+        cum = np.zeros((size, width), dtype=_F64)
+        cum[self.owner, column] = self.count
+        cum = cum.cumsum(axis=1) * self.units[:, None]
+        last = per_owner - 1
+        top = cum[np.arange(size), np.maximum(last, 0)]
+        snap = 1e-12 * top
+        rank = np.maximum(np.multiply.outer(top - 1.0, np.asarray(qs, dtype=_F64)), 0.0)
+        nearest = np.rint(rank)  # round half to even, as round()
+        rank = np.where(np.abs(rank - nearest) <= snap[:, None], nearest, rank)
+        below = np.floor(rank)
+        frac = rank - below
+        cum[np.arange(width) >= per_owner[:, None]] = _INF  # past a member's last bucket
+        lo = np.minimum((cum[:, None, :] <= below[:, :, None]).sum(axis=2), last[:, None])
+        hi = np.minimum((cum[:, None, :] <= np.ceil(rank)[:, :, None]).sum(axis=2), last[:, None])
+        values = self._values()
+        v_lo = values[self.first_of_owner[:, None] + lo]
+        v_hi = values[self.first_of_owner[:, None] + hi]
+        with np.errstate(over="ignore", invalid="ignore"):  # as Python floats: inf, no warning
+            mixed = (1.0 - frac) * v_lo + frac * v_hi  # separate ufuncs: no fused multiply-add
+        rows: list[list[float | None]] = np.where(lo == hi, v_lo, mixed).tolist()
+        for i in (per_owner == 0).nonzero()[0].tolist():
+            rows[i] = [None] * len(qs)
+        return rows
+
+    def _values(self) -> npt.NDArray[np.float64]:
+        """Each bucket's reported value, as value_of in `_compact_quantiles` gives it."""
+        negative = self.store == _NEGATIVE
+        values = _bucket_values(np.where(negative, -self.key, self.key))
+        return np.where(negative, -values, np.where(self.store == _ZERO, 0.0, values))
+
+    def encodings(self) -> list[bytes]:
+        """Each member's `_compact_encoding`, laid out one after another in one zeroed buffer
+        (a varint 0 is a zero byte: absent stores and zero counts need no write): version,
+        flags, [unit], zero count, then per store its length and, when not empty, its zigzag
+        first key, width 1 and one byte per count (at most COMPACT_MAX)."""
+        size = self.size
+        if len(self.others) == size:
+            return [b""] * size  # nothing compact: all placeholders
+        has_unit = self.units != 1.0
+        zeros = np.zeros(size, dtype=np.int64)
+        is_zero = self.store_kind == _ZERO
+        zeros[self.store_owner[is_zero]] = self.count[self.store_start[is_zero]]
+        # Per store (row 0 negative, row 1 positive) and member: length and first key.
+        lengths = np.zeros((2, size), dtype=np.int64)
+        firsts = np.zeros((2, size), dtype=np.int64)
+        side = self.store_kind >> 1
+        kept = self.store_kind != _ZERO
+        lengths[side[kept], self.store_owner[kept]] = self.store_last[kept] - self.store_first[kept] + 1
+        firsts[side[kept], self.store_owner[kept]] = self.store_first[kept]
+        present = lengths > 0
+        zigzags = (firsts << 1) ^ (firsts >> 63)
+        length_sizes = _varint_sizes(lengths)
+        zigzag_sizes = _varint_sizes(zigzags) * present
+        store_sizes = length_sizes + present * (zigzag_sizes + 1 + lengths)
+        head = 3 + 8 * has_unit  # version, flags, [unit], zero count (at most COMPACT_MAX: one byte)
+        ends = np.cumsum(head + store_sizes[0] + store_sizes[1])
+        starts = ends - head - store_sizes[0] - store_sizes[1]
+        buf = np.zeros(int(ends[-1]) if size else 0, dtype=np.uint8)
+        buf[starts] = FORMAT_VERSION
+        buf[starts + head - 1] = zeros
+        if has_unit.any():
+            at = starts[has_unit]
+            buf[at + 1] = _FLAG_UNIT
+            buf[at[:, None] + np.arange(2, 10)] = self.units[has_unit].astype("<f8").view(np.uint8).reshape(-1, 8)
+        stores_at = np.stack((starts + head, starts + head + store_sizes[0]))
+        _put_varints(
+            buf,
+            np.concatenate((stores_at[present], (stores_at + length_sizes)[present])),
+            np.concatenate((lengths[present], zigzags[present])),
+        )
+        bodies = stores_at + length_sizes + zigzag_sizes + 1
+        buf[bodies[present] - 1] = 1  # the count width
+        stored = self.store != _ZERO
+        side_of, owner = self.store[stored] >> 1, self.owner[stored]
+        buf[bodies[side_of, owner] + self.key[stored] - firsts[side_of, owner]] = self.count[stored]
+        raw = buf.tobytes()
+        return [raw[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _answer_others(
+    sketches: Sequence[Sketch], others: list[int], answer: Callable[[list[Sketch]], list[_T]], out: list[_T]
+) -> None:
+    """Put answer(the sketches at `others`) at their places in `out`."""
+    if len(others) == len(sketches):
+        out[:] = answer(list(sketches))
+        return
+    for i, found in zip(others, answer([sketches[i] for i in others]), strict=True):
+        out[i] = found
+
+
 # Below this, every running sum of a batch of integer counts is exact in a float64.
 _EXACT_SUM: Final = float(1 << 53)
 
@@ -1209,9 +1463,23 @@ def quantiles_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list
     one cumulative sum and one search over their buckets laid end to end, instead of about ten
     numpy calls per sketch (a flush encodes thousands of small sketches). The others, and a
     batch whose sums could lose exactness, take `quantiles` one by one."""
+    _check_quantiles(qs)
+    group = _CompactGroup(sketches)
+    out = group.quantiles(qs)
+    if group.others:
+        _answer_others(sketches, group.others, lambda others: _quantiles_stored(others, qs), out)
+    return out
+
+
+def _check_quantiles(qs: Sequence[float]) -> None:
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+
+
+def _quantiles_stored(sketches: Sequence[Sketch], qs: Sequence[float]) -> list[list[float | None]]:
+    """quantiles_many of sketches that are not compact with integer counts (or that the compact
+    group refused): the common ones' ranks searched together, the others one by one."""
     out: list[list[float | None] | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
@@ -1296,7 +1564,18 @@ def _ranks_laid_end_to_end(
 def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
     """[s.to_bytes() for s in sketches], the same bytes, with the common sketches (one-byte
     counts at unit weight, no negative values) trimmed together: one search for nonzero buckets
-    over their stores laid end to end instead of four numpy calls each."""
+    over their stores laid end to end instead of four numpy calls each; compact ones (a few
+    held-back values) laid out together in one buffer, see `_CompactGroup`."""
+    group = _CompactGroup(sketches)
+    out = group.encodings()
+    if group.others:
+        _answer_others(sketches, group.others, _encode_stored, out)
+    return out
+
+
+def _encode_stored(sketches: Sequence[Sketch]) -> list[bytes]:
+    """encode_many of sketches that are not compact with integer counts (or that the compact
+    group refused)."""
     out: list[bytes | None] = [None] * len(sketches)
     picked: list[int] = []
     stores: list[Counts] = []
@@ -1343,6 +1622,18 @@ def encode_many(sketches: Sequence[Sketch]) -> list[bytes]:
                 encoded += raw[lo:hi]
             out[i] = bytes(encoded)
     return out  # type: ignore[return-value]  # every slot is filled
+
+
+def summaries_many(sketches: Sequence[Sketch], qs: Sequence[float]) -> tuple[list[list[float | None]], list[bytes]]:
+    """(quantiles_many(sketches, qs), encode_many(sketches)) with the compact sketches' buckets
+    found once for both: a flush writes each distribution window's percentiles and sketch."""
+    _check_quantiles(qs)
+    group = _CompactGroup(sketches)
+    quantiles, encodings = group.quantiles(qs), group.encodings()
+    if group.others:
+        _answer_others(sketches, group.others, lambda others: _quantiles_stored(others, qs), quantiles)
+        _answer_others(sketches, group.others, _encode_stored, encodings)
+    return quantiles, encodings
 
 
 def _found(

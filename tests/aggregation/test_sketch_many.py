@@ -3,12 +3,22 @@ Sketch.quantiles and Sketch.to_bytes give one by one: the same floats, the same 
 
 from __future__ import annotations
 
+import math
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectord.aggregation.cells import PERCENTILES, Cell, prepare_percentiles
-from collectord.aggregation.sketch import Sketch, encode_many, quantiles_many
+from collectord.aggregation.cells import PERCENTILES, Cell, encode_distributions, prepare_percentiles
+from collectord.aggregation.sketch import (
+    COMPACT_MAX,
+    Sketch,
+    _CompactGroup,
+    encode_many,
+    quantiles_many,
+    summaries_many,
+)
 
 QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -173,3 +183,123 @@ def test_many_leave_compact_sketches_compact() -> None:
     assert encode_many(group) == expected_b
     assert window._compact() is not None
     assert not len(window._pos)
+
+
+# ------------------------------------------------------------ compact sketches, grouped
+
+# Held-back values as a flush finds them: mixed signs, zeros and near-zeros (the zero bucket),
+# NaN and +-inf (held, then ignored), duplicates, and magnitudes wide enough that one sketch's
+# keys span more than the compact form allows (its group rejects it: one by one).
+held_value = st.one_of(
+    st.floats(min_value=1.0, max_value=100.0),
+    st.floats(min_value=-100.0, max_value=-1.0),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=-1e-8, max_value=1e-8),
+    st.sampled_from([0.0, -0.0, 1e-9, -1e-9, 9.99e-10, 5e-324, 1e300, -1e-300, 1.7976931348623157e308]),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.integers(min_value=-3, max_value=3).map(float),  # duplicates
+)
+held_unit = st.sampled_from([1.0, 1.0, 1.0, 2.0, 0.5, 1 / 0.3, 0.7, 10.0, 1e15])
+
+
+def held_back(values: list[float], unit: float, packed: bool) -> Sketch:
+    """A compact sketch: values add() held back (a list), or a rolled-up copy of them (bytes)."""
+    sketch = build([(v, unit) for v in values], 1)
+    if not packed:
+        return sketch
+    window = Sketch()
+    window.merge(sketch)
+    return window
+
+
+compact_sketches = st.builds(held_back, st.lists(held_value, max_size=COMPACT_MAX), held_unit, st.booleans())
+
+
+def bits(rows: list[list[float | None]]) -> list[list[bytes | None]]:
+    """Floats as their IEEE bytes: identity, not equality (0.0 == -0.0)."""
+    return [[None if v is None else struct.pack("<d", v) for v in row] for row in rows]
+
+
+def assert_grouped_match(group: list[Sketch]) -> None:
+    was_compact = [s._compact() is not None for s in group]
+    want_q = bits([s.quantiles(QS) for s in group])
+    want_b = [s.to_bytes() for s in group]
+    assert bits(quantiles_many(group, QS)) == want_q
+    assert encode_many(group) == want_b
+    quantiles, encodings = summaries_many(group, QS)
+    assert bits(quantiles) == want_q
+    assert encodings == want_b
+    assert [s._compact() is not None for s in group] == was_compact  # reading grew nothing
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(compact_sketches, max_size=40))
+def test_grouped_compact_sketches_match_one_by_one(group: list[Sketch]) -> None:
+    assert_grouped_match(group)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(compact_sketches, sketches), max_size=30))
+def test_grouped_compact_among_stored_sketches(group: list[Sketch]) -> None:
+    assert_grouped_match(group)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            held_back,
+            st.lists(st.floats(min_value=1.0, max_value=100.0), min_size=1, max_size=6),
+            st.just(1.0),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_grouped_compact_flush_shape(group: list[Sketch]) -> None:
+    """The benchmark's shape: 1 to 6 values in [1, 100) at unit weight, groups of hundreds."""
+    assert not _CompactGroup(group).others
+    assert_grouped_match(group)
+
+
+def test_group_rejects_what_compact_buckets_refuses() -> None:
+    wide = held_back([1e-8, 1e300, 5.0], 1.0, True)  # keys ~35,800 apart: collapsing territory
+    negative_wide = held_back([-1e-8, -1e300], 1.0, False)
+    huge_int = Sketch()
+    huge_int.add(10**400)  # type: ignore[arg-type]  # an int no float holds: one by one
+    plain = held_back([3.0, -2.0, 0.0, 3.0], 2.0, True)
+    empty = held_back([math.nan, math.inf], 1.0, False)
+    group = [plain, wide, negative_wide, huge_int, empty, plain]
+    assert _CompactGroup(group).others == [1, 2, 3]
+    assert_grouped_match(group)
+    assert quantiles_many([empty], QS) == [[None] * len(QS)]
+
+
+def test_grouped_compact_of_a_single_value_and_the_empty() -> None:
+    for value in (0.0, -0.0, 1e-10, 7.5, -7.5, 1e-9, -1e-9, 1.7976931348623157e308):
+        for unit in (1.0, 0.5, 1e15):
+            assert_grouped_match([held_back([value], unit, packed) for packed in (False, True)])
+    assert_grouped_match([])
+
+
+def test_encode_distributions_caches_percentiles_and_encodes() -> None:
+    """The postgres sink's one pass: the encodings of encode_many, the percentiles (cached)
+    of percentiles(), for compact, stored and empty cells alike."""
+    cells = []
+    for values in ([3.0], [1.0, 2.0, 2.0, -4.0], [float(v) for v in range(1, 61)], []):
+        cell = Cell.for_distribution()
+        for v in values:
+            cell.observe(v, 1.0)
+        cells.append(cell)
+    want_b = [cell.sketch.to_bytes() for cell in cells if cell.sketch is not None]
+    want_p = [Cell.percentiles(cell) for cell in cells]
+    for cell in cells:
+        cell._percentiles = None
+    assert encode_distributions(cells) == want_b
+    assert [cell._percentiles for cell in cells[:3]] == [
+        (c.count, p) for c, p in zip(cells[:3], want_p[:3], strict=True)
+    ]
+    assert cells[3]._percentiles is None  # count 0: percentiles() answers without the sketch
+    assert [cell.percentiles() for cell in cells] == want_p
+    assert cells[0].sketch is not None and cells[0].sketch._compact() is not None

@@ -145,7 +145,7 @@ class AggregateRows:
         table; queries merge the sketch) are NULL when not `final`. The sink always writes them:
         leaving an open window's for its final write (a quarter of its encoding cost) left them
         NULL for good where no sample came between the last flush and the close.
-        `sketch_bytes`: the cell's sketch already encoded (`encode_many`), else encoded here."""
+        `sketch_bytes`: the cell's sketch already encoded (`encode_distributions`), else encoded here."""
         f8 = copy.float8
         members = cell.members
         if members is not None:

@@ -38,10 +38,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 
-from collectord.aggregation.cells import Cell, prepare_percentiles
+from collectord.aggregation.cells import Cell, encode_distributions
 from collectord.aggregation.query import merge_cells
 from collectord.aggregation.series import Series
-from collectord.aggregation.sketch import encode_many
 from collectord.audit import AuditEvent
 from collectord.model import MetricType, Tags
 from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOAD_STATSD, Batch
@@ -70,9 +69,10 @@ COARSE_PER_PASS = 50_000
 # enough that the last batch's upsert, which nothing overlaps, is short.
 ROWS_PER_BATCH = 10_000
 # Distribution rows held back and encoded together (their percentiles computed at once, see
-# `prepare_percentiles`): enough to amortise the numpy calls, few enough that one group is
-# encoded in a few milliseconds.
-SKETCH_ROWS_PER_GROUP = 200
+# `encode_distributions`): enough to amortise the numpy calls, few enough that one group is
+# encoded in a few milliseconds (500 compact sketches: about 1.5 ms; 200 took 18% more CPU
+# per sketch).
+SKETCH_ROWS_PER_GROUP = 500
 # Connections that upsert one pass's batches side by side (PostgreSQL runs a process per
 # connection: the upsert, most of a flush's time, spreads over cores). Taken from the pool,
 # leaving two for queries and maintenance.
@@ -723,9 +723,7 @@ class AggregatePlan:
         held = self.held
         if not held:
             return
-        cells = [entry[4] for entry in held]
-        prepare_percentiles(cells)
-        encoded = encode_many([cell.sketch for cell in cells])  # type: ignore[misc]  # held: sketch set
+        encoded = encode_distributions([entry[4] for entry in held])
         row = AggregateRows.row
         for (prefix, level, start, seconds, cell), sketch_bytes in zip(held, encoded, strict=True):
             out += row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes)
