@@ -109,17 +109,22 @@ def bench_flush(series: int = 100_000, histogram_share: float = 0.2, flushes: in
         keys = [(f"m{i // 100}", (("id", str(i % 100)),)) for i in range(series)]
         totals: list[float] = []
 
-        # As the daemon runs it: coarse roll-ups and prunes in slices, between other work.
+        # As the daemon runs it: coarse roll-ups and prunes in slices, between other work (the
+        # daemon's own loop, where the tree has it).
         background = hasattr(pipeline.aggregator, "background_rolls")
         if background:
             pipeline.aggregator.background_rolls = True
 
         async def roll_up() -> None:
-            while True:
-                if background and pipeline.roll_slice(0.005):
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.sleep(0.25)
+            try:
+                from collectord.rollups import RollUps
+            except ImportError:  # an older tree: slices as its daemon ran them
+                while True:
+                    if background and pipeline.roll_slice(0.005):
+                        await asyncio.sleep(0)
+                    else:
+                        await asyncio.sleep(0.25)
+            await RollUps(pipeline).run()
 
         async def go() -> None:
             await sink._open()

@@ -22,6 +22,7 @@ from collectord.pipeline import Pipeline
 from collectord.protocols.parse_stats import ParseStats
 from collectord.reload import Reloader
 from collectord.ring import PAYLOAD_LINE, PAYLOAD_STATSD
+from collectord.rollups import RollUps
 from collectord.sinks.factory import build_sinks
 from collectord.sources.tcp import TcpSettings, TcpSource
 from collectord.sources.udp import DatagramSource, PacketParser, open_udp, open_unix_datagram
@@ -32,8 +33,6 @@ APPLY_INTERVAL = 0.005
 log = logging.getLogger("collectord")
 
 TICK_SECONDS = 0.25
-# Longest run of queued roll-up work before the event loop gets control back.
-ROLL_SLICE = 0.005
 REJECTION_LOG_EVERY = 10.0
 
 
@@ -42,8 +41,7 @@ class Daemon:
         self.config = config
         self.clock = clock or SystemClock()
         self.pipeline = Pipeline(config, self.clock)
-        # Whether the collector is off for a roll-up burst (_roll_loop), to turn it back on.
-        self._gc_paused_by_roll = False
+        self.roll_ups = RollUps(self.pipeline)
         self.datagram_sources: list[DatagramSource] = []
         self.tcp_sources: list[TcpSource] = []
         # The StatsD UDP and TCP listeners' worker processes (ingest.workers > 0).
@@ -165,31 +163,8 @@ class Daemon:
             await asyncio.sleep(APPLY_INTERVAL)
 
     async def _roll_up(self) -> None:
-        """Coarse roll-ups and prunes queued by the tick's advance, ROLL_SLICE at a time."""
-        try:
-            await self._roll_loop(self.pipeline)
-        finally:
-            if not gc.isenabled() and self._gc_paused_by_roll:
-                gc.enable()
-
-    async def _roll_loop(self, pipeline: Pipeline) -> None:
-        paused_gc = False
-        while True:
-            if pipeline.roll_slice(ROLL_SLICE):
-                # A roll-up makes cells by the hundred thousand, and each full collection it
-                # set off walked the whole state (300-430 ms each at 100k series): the
-                # collector waits for the burst, then what it made is frozen with the rest.
-                if not paused_gc and gc.isenabled():
-                    gc.disable()
-                    paused_gc = self._gc_paused_by_roll = True
-                await asyncio.sleep(0)
-            else:
-                if paused_gc:
-                    paused_gc = self._gc_paused_by_roll = False
-                    gc.enable()
-                    gc.collect(1)
-                    gc.freeze()
-                await asyncio.sleep(TICK_SECONDS)
+        """Coarse roll-ups and prunes queued by the tick's advance (collectord/rollups.py)."""
+        await self.roll_ups.run()
 
     async def _tick(self) -> None:
         since_log = 0.0

@@ -243,6 +243,11 @@ class Pipeline:
                 return True
         return False
 
+    def sinks_writing(self) -> bool:
+        """Whether a sink is writing a pass that reads the windows (the background roll-ups
+        wait for it: collectord/rollups.py)."""
+        return any(getattr(sink, "writing", False) for sink in self.sinks)
+
     def _apply_frames(self, batches: list[Batch]) -> int:
         """apply_many for a drain holding workers' frames: frames by apply_frame, the runs of
         other batches between them as before, in order."""

@@ -186,6 +186,7 @@ class PostgresSink:
         self.series_refs: dict[DirtyKey, Series] = {}
         # Fine keys taken by the pass being written: still owed until it commits.
         self.inflight: dict[DirtyKey, float] = {}
+        self._writing = False
         self.raw: deque[Batch] = deque()
         self.audit: deque[AuditEvent] = deque()
         self.raw_hwm = 0.0
@@ -525,6 +526,7 @@ class PostgresSink:
         self.inflight = taken
         until = self.offered_until
         plan = AggregatePlan(self, taken, until)
+        self._writing = True
         try:
             await self._tenants(conn, {key[0] for key in taken} | self.restored_tenants)
             self.restored_tenants = set()
@@ -535,12 +537,18 @@ class PostgresSink:
             raise
         finally:
             self.inflight = {}
+            self._writing = False
         plan.committed()
         self.written_until = max(self.written_until, until)
         self.last_flush_seconds = time.perf_counter() - began
         self.last_flush_rows = plan.rows
         self.last_flush_phases = plan.phases
         self.status_.written += plan.rows
+
+    @property
+    def writing(self) -> bool:
+        """A pass of aggregate windows is being read and written (Pipeline.sinks_writing)."""
+        return self._writing
 
     def _upsert_connections(self) -> int:
         return max(1, min(UPSERT_CONNECTIONS, self.settings.pool_size - 2))
