@@ -6,7 +6,7 @@ What is owed to PostgreSQL is kept as three things, all in every checkpoint (`st
   to now, the open one included, is re-read from memory and upserted at the next flush, so
   PostgreSQL's 1m rows lag memory by at most one flush interval;
   `coarse[level]` (5m, 1h, 1d), the earliest time whose windows at that level are owed: they
-  are written once closed (and again if late samples touch them), at most COARSE_PER_PASS per
+  are written once closed (and again if late samples touch them), about COARSE_PER_PASS per
   pass, so a flush writes about one row per active series instead of four. A fleet query
   makes up for an open (or not yet written) coarse window from the finer rows inside it
   (fleet.py), so answers stay exact to one flush interval;
@@ -47,6 +47,7 @@ from collectord.ring import PAYLOAD_AUDIT, PAYLOAD_LINE, PAYLOAD_SAMPLES, PAYLOA
 from collectord.selfmetrics import DurationHistogram
 from collectord.sinks.base import Backoff, Flush, SinkStatus
 from collectord.sinks.postgres import copy, schema
+from collectord.sinks.postgres.fleet import OPEN_MARGIN
 from collectord.sinks.postgres.maintenance import maintain
 from collectord.sinks.postgres.rows import AGGREGATE_COLUMNS, RAW_COLUMNS, AggregateRows, RawRows
 from collectord.storage.journal import decode_samples, encode_samples
@@ -62,9 +63,12 @@ RAW_KINDS = {"api": PAYLOAD_SAMPLES, "line": PAYLOAD_LINE, "statsd": PAYLOAD_STA
 DirtyKey = tuple[str, str, Tags | None]
 STATE_VERSION = 2
 COARSE_LEVELS = (2, 3, 4)
-# Closed coarse windows written per pass at most: an hour or a day closing spreads over a few
-# flushes instead of making one flush four times as large.
-COARSE_PER_PASS = 50_000
+# Closed coarse windows written per pass at most: an hour or a day closing spreads over several
+# flushes instead of making one flush four times as large (an hour's close of 100,000 series,
+# about 200,000 windows, adds 20,000 rows to ten flushes). More when so many are owed that they
+# would not all be written within half of OPEN_MARGIN, the time the fleet query reads finer rows
+# in place of a coarse row not written yet (_coarse_budget).
+COARSE_PER_PASS = 20_000
 # Aggregate rows per COPY + upsert (the next batch is encoded while one is upserted): small
 # enough that the last batch's upsert, which nothing overlaps, is short.
 ROWS_PER_BATCH = 10_000
@@ -701,6 +705,13 @@ class AggregatePlan:
                     out += row(prefix, level, start, seconds, cell)
                 self.rows += 1
 
+    def _coarse_budget(self) -> int:
+        """How many closed coarse windows this pass writes (see COARSE_PER_PASS): every key
+        owes at most about one window per level at a close."""
+        owed = sum(len(held) for held in self.sink.coarse.values())
+        passes = OPEN_MARGIN / 2 / self.aggregator.level_seconds[0]
+        return max(COARSE_PER_PASS, math.ceil(owed / passes))
+
     def _minute(self, key: DirtyKey, start: int, out: bytearray) -> bool:
         """`_windows(key, 1, start, start + 60, out)` for the common key: a series whose open
         minute is its one dirty window and whose slices have all rolled into it (none came since
@@ -762,7 +773,7 @@ class AggregatePlan:
                         held[key] = earliest
                 if not n & 15:
                     yield
-            budget = COARSE_PER_PASS
+            budget = self._coarse_budget()
             for level, held in coarse.items():
                 seconds = self.aggregator.level_seconds[level]
                 boundary = until - until % seconds  # the open window's start

@@ -407,3 +407,16 @@ def test_a_minute_row_holds_the_samples_that_came_after_the_advance(tmp_path: Pa
         ("hits", "quiet", 1.0, 2.0, 2.0),
         ("lat", "busy", 2.0, 12.0, 9.0),
     ]
+
+
+def test_closed_coarse_windows_per_pass_grow_with_what_is_owed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At least COARSE_PER_PASS a pass; when more are owed, enough that all are written within
+    half of the time the fleet query stands in for them with finer rows (OPEN_MARGIN)."""
+    monkeypatch.setattr(sink_module, "COARSE_PER_PASS", 100)
+    pipeline, sink = new_pipeline(tmp_path, "postgresql://127.0.0.1:1/unused", ManualClock(DAY_START))
+    plan = sink_module.AggregatePlan(sink, {}, int(DAY_START))
+    assert plan._coarse_budget() == 100
+    for level in sink_module.COARSE_LEVELS:
+        sink.coarse[level] = {("acme", f"m{i}", None): DAY_START for i in range(6_000)}
+    passes = sink_module.OPEN_MARGIN / 2 / pipeline.config.aggregate.flush_interval
+    assert plan._coarse_budget() == math.ceil(18_000 / passes) > 100
