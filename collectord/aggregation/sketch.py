@@ -588,8 +588,10 @@ class Sketch:
         if not any(-_INF < value < _INF for value in values):
             return True  # empty: merge() changes nothing
         if into.is_empty():
-            # A fresh window's first part: a compact copy, as _assign would take.
-            into._pending = _pack(values)
+            # A fresh window's first part: a compact copy, as _assign would take. Packed values
+            # are shared, not copied: bytes never change (a sketch that takes more replaces them).
+            pending = self._pending
+            into._pending = pending if isinstance(pending, bytes) else _pack(values)
             into._pos = into._neg = _EMPTY
             into._pos_lo = into._neg_lo = 0
             into._zero, into._unit, into._dtype = self._zero, self._unit, self._dtype
