@@ -1,6 +1,6 @@
 """PostgreSQL sink costs against the real server on 127.0.0.1:5432 (a throwaway database each).
 
-.venv/bin/python benchmarks/postgres.py flush      # one flush of 100,000 active series (build + COPY + upsert)
+.venv/bin/python benchmarks/postgres.py flush [--flushes 8]   # flushes of 100,000 active series (build + COPY + upsert)
 .venv/bin/python benchmarks/postgres.py raw        # raw points by binary COPY, rows/s
 .venv/bin/python benchmarks/postgres.py history    # 30 days at 1h, one metric over 1,000 series: latency
 .venv/bin/python benchmarks/postgres.py fleet      # 3 sources x 1,000 histogram series: fleet p99 error
@@ -373,10 +373,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=("flush", "raw", "history", "fleet", "outage", "all"))
     parser.add_argument("--outage-seconds", type=float, default=600.0)
+    parser.add_argument("--flushes", type=int, default=8, help="flushes in `flush` (10 s apart, from 00:59:10)")
     args = parser.parse_args()
     print(f"load: {os.getloadavg()}")
     if args.what in ("flush", "all"):
-        bench_flush()
+        bench_flush(flushes=args.flushes)
     if args.what in ("raw", "all"):
         bench_raw()
     if args.what in ("history", "all"):
