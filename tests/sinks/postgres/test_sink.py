@@ -420,3 +420,56 @@ def test_closed_coarse_windows_per_pass_grow_with_what_is_owed(tmp_path: Path, m
         sink.coarse[level] = {("acme", f"m{i}", None): DAY_START for i in range(6_000)}
     passes = sink_module.OPEN_MARGIN / 2 / pipeline.config.aggregate.flush_interval
     assert plan._coarse_budget() == math.ceil(18_000 / passes) > 100
+
+
+def test_a_minute_no_pass_has_written_is_copied_straight_in_and_a_row_there_after_all_is_upserted(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """After a start nothing is assumed new (the first pass upserts); then a minute no pass has
+    written goes straight into the table, and a batch meeting a row that exists after all (as
+    after a pass retried on failure) is upserted instead: every row holds its window's values."""
+    clock = ManualClock(DAY_START + 5)
+    pipeline, sink = new_pipeline(tmp_path, pg_dsn, clock)
+    keys = [("hits", (("id", str(i)),)) for i in range(30)] + [("lat", (("id", str(i)),)) for i in range(30)]
+    sql = "SELECT metric_name, tags, period_start, count, sum, p50 FROM metrics_aggregated WHERE scope = 0"
+
+    def feed(value: float) -> None:
+        record(pipeline, [(key, KIND_HISTOGRAM if key[0] == "lat" else KIND_COUNTER, value, 1.0, None) for key in keys])
+
+    async def flush_minute(value: float) -> None:
+        feed(value)
+        clock.advance(60)  # the next minute's first slice has closed
+        pipeline.advance()
+        await flush(sink)
+
+    async def go() -> None:
+        await flush_minute(1.0)  # 00:00, first pass: upserted
+        assert sink.minute_written == DAY_START and sink.fresh_batches == sink.fresh_conflicts == 0
+        await flush_minute(2.0)  # 00:01: new rows, copied straight in
+        assert sink.fresh_batches == 1 and sink.fresh_conflicts == 0
+        # A row of 00:02 exists already, as if an earlier try of this pass had committed it.
+        await execute_sql(
+            "INSERT INTO metrics_aggregated (tenant_id, source, metric_name, metric_type, scope, tags, "
+            "series_hash, granularity, period_start, period_end, count, sum) SELECT tenant_id, source, "
+            "metric_name, metric_type, scope, tags, series_hash, granularity, period_start + interval '1 minute', "
+            "period_end + interval '1 minute', 99, 99 FROM metrics_aggregated "
+            "WHERE scope = 0 AND metric_name = 'hits' AND tags = '{\"id\": \"3\"}' AND period_start = $1",
+            DAY_START + 60,
+        )
+        await flush_minute(3.0)
+        assert sink.fresh_batches == 1 and sink.fresh_conflicts == 1
+        await sink.close()
+
+    async def execute_sql(statement: str, *args: Any) -> None:
+        assert sink.pool is not None
+        async with sink.pool.acquire() as conn:
+            await conn.execute(statement, *args)
+
+    asyncio.run(go())
+    rows = query(pg_dsn, sql)
+    assert len(rows) == 3 * len(keys)
+    for row in rows:
+        minute = int((row["period_start"] - DAY_START) // 60)
+        value = float(minute + 1)  # each minute took one sample of its own value per series
+        assert (row["count"], row["sum"]) == (1.0, value), row
+        assert row["p50"] == (pytest.approx(value, rel=0.01) if row["metric_name"] == "lat" else None)
