@@ -243,6 +243,10 @@ class Pipeline:
                 return True
         return False
 
+    def rolls_pending(self) -> bool:
+        """Whether queued roll-ups (or a queued prune) remain for `roll_slice`."""
+        return self.aggregator.rolling
+
     def sinks_writing(self) -> bool:
         """Whether a sink is writing a pass that reads the windows (the background roll-ups
         wait for it: collectord/rollups.py)."""

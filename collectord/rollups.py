@@ -23,6 +23,8 @@ WAIT_POLL = 0.005
 class RollingPipeline(Protocol):
     def roll_slice(self, budget: float) -> bool: ...
 
+    def rolls_pending(self) -> bool: ...
+
     def sinks_writing(self) -> bool: ...
 
 
@@ -43,7 +45,7 @@ class RollUps:
     async def _loop(self) -> None:
         waited_since: float | None = None
         while True:
-            if self.pipeline.sinks_writing():
+            if self.pipeline.sinks_writing() and self.pipeline.rolls_pending():
                 now = time.monotonic()
                 waited_since = now if waited_since is None else waited_since
                 if now - waited_since < WAIT_FOR_WRITE_MAX:

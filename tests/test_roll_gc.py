@@ -25,6 +25,9 @@ class BurstyPipeline:
         self.collector_on: list[bool] = []
         self.writing = writing
 
+    def rolls_pending(self) -> bool:
+        return self.left > 0
+
     def sinks_writing(self) -> bool:
         return self.writing
 
