@@ -686,11 +686,11 @@ class AggregatePlan:
         self.rows = 0
         last = max(until - 1, 0)
         self.open_minute = last - last % self.aggregator.level_seconds[1]
-        # The open minute's rows of series read straight from their minute (`_minute`), when
-        # no pass of this process has written that minute yet: new rows, copied straight into
-        # the table (no staging table, no conflict check: a third less PostgreSQL CPU for a
-        # minute's first flush). A row there after all (a pass retried after a failure, two
-        # daemons with one source name) sends its batch through the upsert instead.
+        # The open minute's rows when no pass of this process has written that minute yet
+        # (`_buffer`): new rows, copied straight into the table (no staging table, no conflict
+        # check: a third less PostgreSQL CPU for a minute's first flush). A row there after all
+        # (a pass retried after a failure, two daemons with one source name) sends its batch
+        # through the upsert instead.
         written = sink.minute_written
         self.fresh_minute = self.open_minute if written is not None and self.open_minute > written else None
         self.fresh = bytearray(copy.HEADER)
@@ -742,8 +742,13 @@ class AggregatePlan:
                 if cell.sketch is not None and cell.members is None:
                     self.held.append((prefix, level, start, seconds, cell))
                 else:
-                    out += row(prefix, level, start, seconds, cell)
+                    self._buffer(level, start, out).extend(row(prefix, level, start, seconds, cell))
                 self.rows += 1
+
+    def _buffer(self, level: int, start: int, out: bytearray) -> bytearray:
+        """Where a window's row goes: `fresh` for the open minute when no pass of this process
+        has written it (its rows are new), else `out` (upserted)."""
+        return self.fresh if level == 1 and start == self.fresh_minute else out
 
     def _coarse_budget(self) -> int:
         """How many closed coarse windows this pass writes (see COARSE_PER_PASS): every key
@@ -767,12 +772,11 @@ class AggregatePlan:
         cell = series.levels[1].get(start)
         if cell is not None and not cell.is_empty:
             prefix = self.sink.aggregate_rows.prefix(tenant, name, tags, series.type)
+            seconds = self.aggregator.level_seconds[1]
             if cell.sketch is not None and cell.members is None:
-                self.held.append((prefix, 1, start, self.aggregator.level_seconds[1], cell))
-            elif start == self.fresh_minute:
-                self.fresh += AggregateRows.row(prefix, 1, start, self.aggregator.level_seconds[1], cell)
+                self.held.append((prefix, 1, start, seconds, cell))
             else:
-                out += AggregateRows.row(prefix, 1, start, self.aggregator.level_seconds[1], cell)
+                self._buffer(1, start, out).extend(AggregateRows.row(prefix, 1, start, seconds, cell))
             self.rows += 1
         return True
 
@@ -786,12 +790,8 @@ class AggregatePlan:
             return
         encoded = encode_distributions([entry[4] for entry in held])
         row = AggregateRows.row
-        fresh, fresh_minute = self.fresh, self.fresh_minute
         for (prefix, level, start, seconds, cell), sketch_bytes in zip(held, encoded, strict=True):
-            if level == 1 and start == fresh_minute:
-                fresh += row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes)
-            else:
-                out += row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes)
+            self._buffer(level, start, out).extend(row(prefix, level, start, seconds, cell, sketch_bytes=sketch_bytes))
         held.clear()
 
     def _payloads(self, out: bytearray) -> list[tuple[bytes, bool]]:
